@@ -1,0 +1,11 @@
+"""keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
+
+from keras_inception.features import feature_extractor
+from keras_inception.inception_v3 import InceptionV3
+from keras_inception.layers import ScaledResidual
+from keras_inception.weights_io import WeightFileError, load_weights
+from keras_inception.xception import Xception
+from keras_inception.registry import (
+    ModelInfo, Stage, create_model, get_model_info, list_models)
+
+__version__ = "0.1.0"

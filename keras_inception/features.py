@@ -1,0 +1,56 @@
+"""Multi-scale feature extraction from any model of the family."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_inception.registry import ModelInfo, _REGISTRY
+
+
+def infer_info(model: keras.Model) -> ModelInfo:
+    """The registry entry whose stage layers all exist in ``model``."""
+    names = {layer.name for layer in model.layers}
+    for info in _REGISTRY.values():
+        if info.stages and all(s.layer in names for s in info.stages):
+            return info
+    raise ValueError(
+        f"Model {model.name!r} is not a keras_inception model (none of the "
+        f"registered families' stage layers are all present). Build it with "
+        f"keras_inception.create_model().")
+
+
+def feature_extractor(model: keras.Model, strides=(4, 8, 16, 32), *, stages=None):
+    """A model returning the feature maps of ``model`` at several output strides.
+
+    Args:
+        model: a keras_inception model (any ``include_top``, weights kept and shared).
+        strides: output strides to return, among those the family has (2, 4, 8,
+            16, 32 for most; see ``get_model_info(name).stages``).
+        stages: alternatively, stage names (``("stem", "mixed_6")``); keys of the
+            output dict are then the stage names.
+
+    Returns:
+        A ``keras.Model`` sharing ``model``'s layers whose output is a dict
+        ``{"stride_4": ..., "stride_8": ...}`` (or keyed by stage name).
+
+    Example:
+        >>> import keras_inception
+        >>> net = keras_inception.InceptionV3(include_top=False,
+        ...                                   input_shape=(128, 128, 3))
+        >>> feats = keras_inception.feature_extractor(net, strides=(8, 32))
+        >>> {k: v[1:3] for k, v in feats.output_shape.items()}
+        {'stride_8': (14, 14), 'stride_32': (2, 2)}
+    """
+    info = infer_info(model)
+    if stages is not None:
+        taps = {s: info.stage(s).layer for s in stages}
+    else:
+        available = info.feature_layers()
+        missing = [s for s in strides if s not in available]
+        if missing:
+            raise ValueError(
+                f"{info.name} has no stage at stride(s) {missing}; available strides: "
+                f"{sorted(available)}.")
+        taps = {f"stride_{s}": available[s] for s in strides}
+    outputs = {key: model.get_layer(layer).output for key, layer in taps.items()}
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")

@@ -1,0 +1,247 @@
+"""Building blocks shared by every Inception family.
+
+Every block takes a ``name`` prefix and derives the names of the layers it creates
+from it, so that weight maps, feature taps and freezing helpers can address them.
+Branch layouts are data (tuples of :class:`Conv`, :class:`Pool` and :class:`Fork`
+ops), so an Inception module is written once and each family only lists its
+branches. Op names follow the TF-Slim scopes, lower-cased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import keras
+from keras import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    """BatchNormalization settings of a family.
+
+    TF-Slim and keras.applications' v3/IRv2 train without gamma (``scale=False``);
+    torch ports and Xception keep it. The epsilon travels with the weights.
+    """
+
+    scale: bool = False
+    epsilon: float = 1e-3
+    momentum: float = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A conv + BN + ReLU op inside a branch (kernel may be ``(rows, cols)``)."""
+
+    name: str
+    filters: int
+    kernel: Union[int, tuple]
+    strides: int = 1
+    padding: str = "same"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A pooling op inside a branch (``kind`` is ``"max"`` or ``"avg"``)."""
+
+    name: str
+    kind: str
+    size: int = 3
+    strides: int = 1
+    padding: str = "same"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fork:
+    """Splits a branch into parallel sub-branches and concatenates them (v3's 7b/7c)."""
+
+    name: str
+    paths: tuple
+
+
+Op = Union[Conv, Pool, Fork]
+
+
+def channel_axis() -> int:
+    return -1 if keras.config.image_data_format() == "channels_last" else 1
+
+
+def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
+            activation="relu"):
+    """Convolution (no bias) + BatchNormalization + activation.
+
+    Creates ``{name}_conv``, ``{name}_bn`` and, unless ``activation`` is None,
+    ``{name}_act``.
+    """
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                      use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(axis=channel_axis(), scale=norm.scale,
+                                  epsilon=norm.epsilon, momentum=norm.momentum,
+                                  name=f"{name}_bn")(x)
+    if activation:
+        x = layers.Activation(activation, name=f"{name}_act")(x)
+    return x
+
+
+def pool(x, kind, size, *, name, strides=1, padding="same"):
+    """Max or average pooling; ``kind`` is ``"max"`` or ``"avg"``."""
+    if kind == "max":
+        return layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
+    if kind == "avg":
+        return layers.AveragePooling2D(size, strides=strides, padding=padding,
+                                       name=name)(x)
+    raise ValueError(f"Unknown pooling kind {kind!r}: use 'max' or 'avg'.")
+
+
+def apply_ops(x, ops: Sequence[Op], *, prefix, norm):
+    """Applies a branch (a sequence of ops); layer names are ``{prefix}_{op.name}``.
+
+    With an empty ``prefix`` the op names are used as they are (stems).
+    """
+    for op in ops:
+        name = f"{prefix}_{op.name}" if prefix else op.name
+        if isinstance(op, Conv):
+            x = conv_bn(x, op.filters, op.kernel, strides=op.strides,
+                        padding=op.padding, name=name, norm=norm)
+        elif isinstance(op, Pool):
+            x = pool(x, op.kind, op.size, strides=op.strides, padding=op.padding,
+                     name=name)
+        elif isinstance(op, Fork):
+            outs = [apply_ops(x, path, prefix=prefix, norm=norm) for path in op.paths]
+            x = layers.Concatenate(axis=channel_axis(), name=name)(outs)
+        else:
+            raise TypeError(f"Unknown op {op!r}")
+    return x
+
+
+def iter_convs(ops: Sequence[Op], prefix=""):
+    """Yields the layer-name prefix of every :class:`Conv` in ``ops``, in build order."""
+    for op in ops:
+        if isinstance(op, Conv):
+            yield f"{prefix}_{op.name}" if prefix else op.name
+        elif isinstance(op, Fork):
+            for path in op.paths:
+                yield from iter_convs(path, prefix)
+
+
+def module_convs(branches, name):
+    """Yields ``(branch_index, conv_prefix, op)`` for every conv of a module."""
+    for i, ops in enumerate(branches):
+        for conv in iter_convs(ops, f"{name}_branch_{i}"):
+            yield i, conv
+
+
+def branches_concat(x, branches: Sequence[Sequence[Op]], *, name, norm,
+                    concat_name=None):
+    """Runs ``branches`` in parallel on ``x`` and concatenates them on channels.
+
+    Branch ``i`` names its layers ``{name}_branch_{i}_{op}``; the concatenation is
+    ``concat_name`` (default ``name``), the name the feature taps use.
+    """
+    outs = [apply_ops(x, ops, prefix=f"{name}_branch_{i}", norm=norm)
+            for i, ops in enumerate(branches)]
+    return layers.Concatenate(axis=channel_axis(), name=concat_name or name)(outs)
+
+
+def inception_module(x, branches, *, name, norm):
+    """An Inception module: parallel branches concatenated (v1-v4, grid reductions)."""
+    return branches_concat(x, branches, name=name, norm=norm)
+
+
+@keras.saving.register_keras_serializable(package="keras_inception")
+class ScaledResidual(layers.Layer):
+    """``shortcut + scale * residual``: the residual scaling of Inception-ResNet.
+
+    Scaling by 0.1-0.3 is what keeps the very deep Inception-ResNets from dying
+    early in training (Szegedy et al. 2016, section 3.3).
+    """
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        shortcut, residual = inputs
+        return shortcut + residual * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def inception_resnet_block(x, branches, *, name, scale, norm, activation="relu"):
+    """A residual Inception block (Inception-ResNet v1/v2 A, B and C).
+
+    The branches are concatenated (``{name}_mixed``), projected back to the input
+    width by a biased 1x1 convolution without BN (``{name}_conv2d_1x1``), scaled and
+    added to the input (``{name}``), then activated (``{name}_act``) unless
+    ``activation`` is None (the last IRv2 block).
+    """
+    mixed = branches_concat(x, branches, name=name, norm=norm,
+                            concat_name=f"{name}_mixed")
+    up = layers.Conv2D(x.shape[channel_axis()], 1, use_bias=True,
+                       name=f"{name}_conv2d_1x1")(mixed)
+    x = ScaledResidual(scale, name=name)([x, up])
+    if activation:
+        x = layers.Activation(activation, name=f"{name}_act")(x)
+    return x
+
+
+def aux_head(x, classes, *, name, norm, classifier_activation, dropout_rate=0.0):
+    """The auxiliary classifier of Inception-v3, v4 and Inception-ResNet-v2.
+
+    5x5/3 average pool, 1x1 conv to 128, 5x5 conv to 768 (both with BN), global
+    average pool, dense. At the canonical 299 input the 5x5 conv leaves a 1x1 map,
+    so the pool is the identity there (TF-Slim flattens, torchvision pools).
+    """
+    x = layers.AveragePooling2D(5, strides=3, padding="valid",
+                                name=f"{name}_avgpool_1a_5x5")(x)
+    x = conv_bn(x, 128, 1, name=f"{name}_conv2d_1b_1x1", norm=norm)
+    x = conv_bn(x, 768, 5, padding="valid", name=f"{name}_conv2d_2a_5x5", norm=norm)
+    x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate, name=f"{name}_dropout")(x)
+    return layers.Dense(classes, activation=classifier_activation,
+                        name=f"{name}_predictions")(x)
+
+
+def aux_head_v1(x, classes, *, name, norm, classifier_activation, dropout_rate=0.7):
+    """GoogLeNet's auxiliary classifier (torchvision layout).
+
+    Adaptive average pool to 4x4 (the paper's 5x5/3 pool gives the same 4x4 at the
+    canonical 224 input), 1x1 conv to 128 with BN, flatten, 1024-unit ReLU dense,
+    dropout 0.7, dense.
+    """
+    x = layers.AdaptiveAveragePooling2D((4, 4), name=f"{name}_avgpool")(x)
+    x = conv_bn(x, 128, 1, name=f"{name}_conv", norm=norm)
+    # Flatten in (H, W, C) order whatever the data format, so fc1 weights port.
+    x = layers.Flatten(name=f"{name}_flatten")(x)
+    x = layers.Dense(1024, activation="relu", name=f"{name}_fc1")(x)
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate, name=f"{name}_dropout")(x)
+    return layers.Dense(classes, activation=classifier_activation,
+                        name=f"{name}_predictions")(x)
+
+
+POOLINGS = (None, "avg", "max")
+
+
+def classifier_head(x, *, include_top, pooling, classes, classifier_activation,
+                    dropout_rate):
+    """Global pooling + dropout + dense (``avg_pool``, ``dropout``, ``predictions``).
+
+    With ``include_top=False`` only the optional global pooling is applied.
+    """
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout_rate:
+            x = layers.Dropout(dropout_rate, name="dropout")(x)
+        return layers.Dense(classes, activation=classifier_activation,
+                            name="predictions")(x)
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x

@@ -1,0 +1,166 @@
+"""Reference weight layouts: how our weights map to the upstream checkpoints' tensors.
+
+A layout is a readable list of :class:`Entry`: one per upstream tensor, giving its
+key and shape as published, the layer and weight of ours it becomes, and the
+explicit transform between the two. Each family module defines its layouts with the
+small helpers below (``conv_bn`` / ``dense`` per upstream naming style); the
+committed manifests (``keras_inception/manifests/*.json``) record them, and the
+weight converters read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+# Transforms from an upstream tensor to ours (all exact, no arithmetic but layout).
+IDENTITY = "identity"
+CONV_OIHW = "conv_oihw"          # torch conv (out, in, kh, kw) -> keras (kh, kw, in, out)
+DENSE_OI = "dense_oi"            # torch linear (out, in) -> keras (in, out)
+DEPTHWISE_TORCH = "depthwise_torch"  # torch (in*mult, 1, kh, kw) -> keras (kh, kw, in, mult)
+SLIM_LOGITS = "slim_logits"      # TF-Slim 1x1 conv logits (1, 1, in, out) -> dense (in, out)
+EXPECT_ONES = "expect_ones"      # upstream BN gamma where ours has none: folded into the conv
+SKIP = "skip"                    # bookkeeping tensors (num_batches_tracked)
+
+# Upstream tensors of a head carry 1001 classes where class 0 is the background.
+BACKGROUND_CLASS_HEADS = ("tf_slim",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One upstream tensor and where it goes in our model."""
+
+    key: str
+    shape: Tuple[int, ...]
+    layer: Optional[str]
+    weight: Optional[str]
+    transform: str
+
+    def as_row(self):
+        return [self.key, list(self.shape), self.layer, self.weight, self.transform]
+
+
+def _to_torch_shape(shape, transform):
+    if transform == CONV_OIHW:
+        kh, kw, i, o = shape
+        return (o, i, kh, kw)
+    if transform == DENSE_OI:
+        i, o = shape
+        return (o, i)
+    if transform == DEPTHWISE_TORCH:
+        kh, kw, i, m = shape
+        return (i * m, 1, kh, kw)
+    if transform == SLIM_LOGITS:
+        i, o = shape
+        return (1, 1, i, o)
+    return tuple(shape)
+
+
+def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
+    """Turns an upstream tensor into our layout (see the transform constants)."""
+    if transform == CONV_OIHW:
+        return np.transpose(array, (2, 3, 1, 0))
+    if transform == DENSE_OI:
+        return np.transpose(array, (1, 0))
+    if transform == DEPTHWISE_TORCH:
+        out, _, kh, kw = array.shape
+        return np.transpose(array.reshape(out, 1, kh, kw), (2, 3, 0, 1))
+    if transform == SLIM_LOGITS:
+        return array.reshape(array.shape[-2], array.shape[-1])
+    return array
+
+
+class LayoutBuilder:
+    """Collects the entries of one layout from a built model of ours.
+
+    ``weights_of(layer)`` looks our weights up by layer name, so a layout written
+    against a wrong name or a missing layer fails at once.
+    """
+
+    def __init__(self, model, classes_offset=0):
+        self.model = model
+        self.entries: List[Entry] = []
+        self._shapes: Dict[str, Dict[str, Tuple[int, ...]]] = {}
+        for layer in model.layers:
+            if layer.weights:
+                self._shapes[layer.name] = {
+                    w.path.split("/")[-1]: tuple(w.shape) for w in layer.weights}
+        self.classes_offset = classes_offset
+
+    def has(self, layer: str) -> bool:
+        return layer in self._shapes
+
+    def _shape(self, layer, weight):
+        try:
+            return self._shapes[layer][weight]
+        except KeyError:
+            raise KeyError(f"layout names {layer}/{weight}, which the model lacks") from None
+
+    def add(self, key, layer, weight, transform, shape=None):
+        if shape is None:
+            shape = _to_torch_shape(self._shape(layer, weight), transform)
+        self.entries.append(Entry(key, tuple(int(d) for d in shape), layer, weight,
+                                  transform))
+
+    def extra(self, key, shape, transform):
+        """An upstream tensor with no weight of ours (bookkeeping, folded gamma)."""
+        self.entries.append(Entry(key, tuple(shape), None, None, transform))
+
+    # --- one conv + BN block, per naming style -------------------------------------
+    def slim_conv_bn(self, ours: str, scope: str):
+        """TF-Slim ``scope/weights`` + ``scope/BatchNorm/{gamma,beta,moving_*}``."""
+        self.add(f"{scope}/weights", f"{ours}_conv", "kernel", IDENTITY)
+        bn = f"{ours}_bn"
+        if "gamma" in self._shapes[bn]:
+            self.add(f"{scope}/BatchNorm/gamma", bn, "gamma", IDENTITY)
+        self.add(f"{scope}/BatchNorm/beta", bn, "beta", IDENTITY)
+        self.add(f"{scope}/BatchNorm/moving_mean", bn, "moving_mean", IDENTITY)
+        self.add(f"{scope}/BatchNorm/moving_variance", bn, "moving_variance", IDENTITY)
+
+    def torch_conv_bn(self, ours: str, module: str, conv="conv", bn="bn",
+                      batches_tracked=True):
+        """torch ``module.conv.weight`` + ``module.bn.{weight,bias,running_*}``."""
+        self.add(f"{module}.{conv}.weight", f"{ours}_conv", "kernel", CONV_OIHW)
+        ours_bn = f"{ours}_bn"
+        channels = self._shape(ours_bn, "beta")
+        if "gamma" in self._shapes[ours_bn]:
+            self.add(f"{module}.{bn}.weight", ours_bn, "gamma", IDENTITY)
+        else:
+            self.extra(f"{module}.{bn}.weight", channels, EXPECT_ONES)
+        self.add(f"{module}.{bn}.bias", ours_bn, "beta", IDENTITY)
+        self.add(f"{module}.{bn}.running_mean", ours_bn, "moving_mean", IDENTITY)
+        self.add(f"{module}.{bn}.running_var", ours_bn, "moving_variance", IDENTITY)
+        if batches_tracked:
+            self.extra(f"{module}.{bn}.num_batches_tracked", (), SKIP)
+
+    def torch_dense(self, ours: str, module: str):
+        self.add(f"{module}.weight", ours, "kernel", DENSE_OI,
+                 shape=self._head_shape(ours, "kernel", DENSE_OI))
+        self.add(f"{module}.bias", ours, "bias", IDENTITY,
+                 shape=self._head_shape(ours, "bias", IDENTITY))
+
+    def slim_logits(self, ours: str, scope: str, conv=True):
+        """TF-Slim logits: a biased 1x1 conv (v1, v3) or a fully connected layer."""
+        transform = SLIM_LOGITS if conv else IDENTITY
+        self.add(f"{scope}/weights", ours, "kernel", transform,
+                 shape=self._head_shape(ours, "kernel", transform))
+        self.add(f"{scope}/biases", ours, "bias", IDENTITY,
+                 shape=self._head_shape(ours, "bias", IDENTITY))
+
+    def _head_shape(self, layer, weight, transform):
+        shape = list(_to_torch_shape(self._shape(layer, weight), transform))
+        shape[0 if transform == DENSE_OI else -1] += self.classes_offset
+        return tuple(shape)
+
+
+def build_layout(model, rules: Callable[[LayoutBuilder], None], classes_offset=0):
+    """Runs a family's layout ``rules`` against ``model`` and returns the entries."""
+    builder = LayoutBuilder(model, classes_offset=classes_offset)
+    rules(builder)
+    return builder.entries
+
+
+def mapped_weights(entries) -> set:
+    return {(e.layer, e.weight) for e in entries if e.layer is not None}
