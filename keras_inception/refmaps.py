@@ -26,6 +26,8 @@ SKIP = "skip"                    # bookkeeping tensors (num_batches_tracked)
 
 # Upstream tensors of a head carry 1001 classes where class 0 is the background.
 BACKGROUND_CLASS_HEADS = ("tf_slim",)
+# Upstream checkpoints with no ImageNet classifier (facenet's face embeddings).
+HEADLESS_SOURCES = ("facenet",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +125,20 @@ class LayoutBuilder:
                       batches_tracked=True):
         """torch ``module.conv.weight`` + ``module.bn.{weight,bias,running_*}``."""
         self.add(f"{module}.{conv}.weight", f"{ours}_conv", "kernel", CONV_OIHW)
-        ours_bn = f"{ours}_bn"
-        channels = self._shape(ours_bn, "beta")
+        self.torch_bn(f"{ours}_bn", f"{module}.{bn}", batches_tracked=batches_tracked)
+
+    def torch_bn(self, ours_bn: str, key: str, batches_tracked=True):
+        """torch BatchNorm2d ``key.{weight,bias,running_mean,running_var}``; an
+        upstream gamma where ours has none is recorded as :data:`EXPECT_ONES`."""
         if "gamma" in self._shapes[ours_bn]:
-            self.add(f"{module}.{bn}.weight", ours_bn, "gamma", IDENTITY)
+            self.add(f"{key}.weight", ours_bn, "gamma", IDENTITY)
         else:
-            self.extra(f"{module}.{bn}.weight", channels, EXPECT_ONES)
-        self.add(f"{module}.{bn}.bias", ours_bn, "beta", IDENTITY)
-        self.add(f"{module}.{bn}.running_mean", ours_bn, "moving_mean", IDENTITY)
-        self.add(f"{module}.{bn}.running_var", ours_bn, "moving_variance", IDENTITY)
+            self.extra(f"{key}.weight", self._shape(ours_bn, "beta"), EXPECT_ONES)
+        self.add(f"{key}.bias", ours_bn, "beta", IDENTITY)
+        self.add(f"{key}.running_mean", ours_bn, "moving_mean", IDENTITY)
+        self.add(f"{key}.running_var", ours_bn, "moving_variance", IDENTITY)
         if batches_tracked:
-            self.extra(f"{module}.{bn}.num_batches_tracked", (), SKIP)
+            self.extra(f"{key}.num_batches_tracked", (), SKIP)
 
     def torch_dense(self, ours: str, module: str):
         self.add(f"{module}.weight", ours, "kernel", DENSE_OI,

@@ -65,8 +65,8 @@ def downsampling_block(x, widths, *, name, norm, relu_first=True):
     The shortcut is a 1x1 stride-2 conv + BN (``{name}_shortcut_conv``/``_bn``); the
     sum is ``{name}``. The pool is 'same' with TF's padding: (0, 1) on even sides.
     timm's legacy_xception pools with torch's symmetric padding 1 instead, which
-    differs on even sides (74x74 at a 299 input): a loader of timm's weights that
-    must reproduce timm's outputs has to pad the same way.
+    differs on even sides (block3's 74x74 map at a 299 input): a loader of timm's
+    weights that must reproduce timm's outputs has to pad the same way.
     """
     shortcut = L.conv_bn(x, widths[-1], 1, strides=2, name=f"{name}_shortcut",
                          norm=norm, activation=None)
@@ -87,7 +87,7 @@ def middle_block(x, *, name, norm):
 
 
 def _body(x, norm):
-    # Stem: two plain 3x3 convs, VALID (keras.applications, timm and the paper).
+    # Stem: two plain 3x3 convs, VALID (keras.applications and timm).
     x = L.conv_bn(x, 32, 3, strides=2, padding="valid", name="block1_conv1", norm=norm)
     x = L.conv_bn(x, 64, 3, padding="valid", name="block1_conv2", norm=norm)
     for name, widths, relu_first in ENTRY_FLOW:
@@ -99,6 +99,49 @@ def _body(x, norm):
     for name, width in EXIT_CONVS:
         x = sepconv_bn(x, width, name=name, norm=norm, activation="post")
     return x, {}
+
+
+# --- reference layouts ----------------------------------------------------------
+
+def _torch_sepconv_bn(b, ours, sep_key, bn_key):
+    """timm ``SeparableConv2d`` (``conv1`` depthwise, ``pointwise``) + its BatchNorm2d."""
+    b.add(f"{sep_key}.conv1.weight", ours, "depthwise_kernel", refmaps.DEPTHWISE_TORCH)
+    b.add(f"{sep_key}.pointwise.weight", ours, "pointwise_kernel", refmaps.CONV_OIHW)
+    b.torch_bn(f"{ours}_bn", bn_key)
+
+
+# Follows timm/models/xception.py (``Xception``, registered as ``legacy_xception``;
+# hub checkpoint timm/legacy_xception.tf_in1k, the Keras weights ported by Cadene),
+# in state_dict order. timm's ``blockN`` is our ``block{N+1}``; a Block registers
+# ``skip``/``skipbn`` before ``rep``, a Sequential of [ReLU, SeparableConv2d,
+# BatchNorm2d] per conv (the leading ReLU dropped in block1), then a MaxPool2d.
+# No conv has a bias; BatchNorm2d is affine with torch's default eps 1e-5.
+def _timm_layout(b: refmaps.LayoutBuilder):
+    b.add("conv1.weight", "block1_conv1_conv", "kernel", refmaps.CONV_OIHW)
+    b.torch_bn("block1_conv1_bn", "bn1")
+    b.add("conv2.weight", "block1_conv2_conv", "kernel", refmaps.CONV_OIHW)
+    b.torch_bn("block1_conv2_bn", "bn2")
+    blocks = [(n, len(w), True, rf) for n, w, rf in ENTRY_FLOW]
+    blocks += [(n, MIDDLE_CONVS, False, True) for n in MIDDLE_FLOW]
+    blocks += [(EXIT_BLOCK[0], len(EXIT_BLOCK[1]), True, EXIT_BLOCK[2])]
+    for index, (name, convs, strided, relu_first) in enumerate(blocks, start=1):
+        module = f"block{index}"
+        if strided:
+            b.add(f"{module}.skip.weight", f"{name}_shortcut_conv", "kernel",
+                  refmaps.CONV_OIHW)
+            b.torch_bn(f"{name}_shortcut_bn", f"{module}.skipbn")
+        offset = 1 if relu_first else 0
+        for i in range(convs):
+            sep, bn = 3 * i + offset, 3 * i + offset + 1
+            _torch_sepconv_bn(b, f"{name}_sepconv{i + 1}", f"{module}.rep.{sep}",
+                              f"{module}.rep.{bn}")
+    _torch_sepconv_bn(b, EXIT_CONVS[0][0], "conv3", "bn3")
+    _torch_sepconv_bn(b, EXIT_CONVS[1][0], "conv4", "bn4")
+    if b.has("predictions"):
+        b.torch_dense("predictions", "fc")
+
+
+LAYOUTS = {"timm": _timm_layout}
 
 
 def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -113,8 +156,8 @@ def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None
         input_tensor: optional Keras tensor to use as the image input.
         input_shape: input shape, default ``(299, 299, 3)`` with the top and
             ``(None, None, 3)`` without; each side at least 7 (keras.applications
-            asks for 71, an arbitrary bound: the two VALID stem convs are all that
-            shrink the map below stride 2).
+            asks for 71, but only the two VALID stem convolutions can shrink a
+            map to nothing: every later op is 'same').
         pooling: with ``include_top=False``: None (4D output), ``"avg"`` or ``"max"``.
         classes: number of classes of the classifier.
         classifier_activation: activation of the classifier (None for logits).
@@ -141,66 +184,12 @@ def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None
         norm=L.Norm(scale=bn_scale, epsilon=bn_epsilon))
 
 
-# --- reference layouts ----------------------------------------------------------
-
-def _torch_bn(b, ours, key):
-    """torch ``{key}.{weight,bias,running_mean,running_var,num_batches_tracked}``."""
-    if b.has(ours) and "gamma" in b._shapes[ours]:
-        b.add(f"{key}.weight", ours, "gamma", refmaps.IDENTITY)
-    else:
-        b.extra(f"{key}.weight", b._shape(ours, "beta"), refmaps.EXPECT_ONES)
-    b.add(f"{key}.bias", ours, "beta", refmaps.IDENTITY)
-    b.add(f"{key}.running_mean", ours, "moving_mean", refmaps.IDENTITY)
-    b.add(f"{key}.running_var", ours, "moving_variance", refmaps.IDENTITY)
-    b.extra(f"{key}.num_batches_tracked", (), refmaps.SKIP)
-
-
-def _torch_sepconv_bn(b, ours, sep_key, bn_key):
-    """timm ``SeparableConv2d`` (``conv1`` depthwise, ``pointwise``) + its BatchNorm2d."""
-    b.add(f"{sep_key}.conv1.weight", ours, "depthwise_kernel", refmaps.DEPTHWISE_TORCH)
-    b.add(f"{sep_key}.pointwise.weight", ours, "pointwise_kernel", refmaps.CONV_OIHW)
-    _torch_bn(b, f"{ours}_bn", bn_key)
-
-
-# Follows timm/models/xception.py (``Xception``, registered as ``legacy_xception``;
-# hub checkpoint timm/legacy_xception.tf_in1k, the Keras weights ported by Cadene),
-# in state_dict order. timm's ``blockN`` is our ``block{N+1}``; a Block registers
-# ``skip``/``skipbn`` before ``rep``, a Sequential of [ReLU, SeparableConv2d,
-# BatchNorm2d] per conv (the leading ReLU dropped in block1), then a MaxPool2d.
-# No conv has a bias; BatchNorm2d is affine with torch's default eps 1e-5.
-def _timm_layout(b: refmaps.LayoutBuilder):
-    b.add("conv1.weight", "block1_conv1_conv", "kernel", refmaps.CONV_OIHW)
-    _torch_bn(b, "block1_conv1_bn", "bn1")
-    b.add("conv2.weight", "block1_conv2_conv", "kernel", refmaps.CONV_OIHW)
-    _torch_bn(b, "block1_conv2_bn", "bn2")
-    blocks = [(n, len(w), True, rf) for n, w, rf in ENTRY_FLOW]
-    blocks += [(n, MIDDLE_CONVS, False, True) for n in MIDDLE_FLOW]
-    blocks += [(EXIT_BLOCK[0], len(EXIT_BLOCK[1]), True, EXIT_BLOCK[2])]
-    for index, (name, convs, strided, relu_first) in enumerate(blocks, start=1):
-        module = f"block{index}"
-        if strided:
-            b.add(f"{module}.skip.weight", f"{name}_shortcut_conv", "kernel",
-                  refmaps.CONV_OIHW)
-            _torch_bn(b, f"{name}_shortcut_bn", f"{module}.skipbn")
-        offset = 1 if relu_first else 0
-        for i in range(convs):
-            sep, bn = 3 * i + offset, 3 * i + offset + 1
-            _torch_sepconv_bn(b, f"{name}_sepconv{i + 1}", f"{module}.rep.{sep}",
-                              f"{module}.rep.{bn}")
-    _torch_sepconv_bn(b, EXIT_CONVS[0][0], "conv3", "bn3")
-    _torch_sepconv_bn(b, EXIT_CONVS[1][0], "conv4", "bn4")
-    if b.has("predictions"):
-        b.torch_dense("predictions", "fc")
-
-
-LAYOUTS = {"timm": _timm_layout}
-
-
 INFO = register(ModelInfo(
     name="xception",
     constructor=Xception,
     default_size=299,
     min_size=7,
+    keras_applications="Xception",
     # Stage taps follow timm's feature_info: the ReLU of each block's output at
     # that stride (the first op of the next block), the stem's ReLU, the last ReLU.
     stages=(
