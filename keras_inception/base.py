@@ -73,10 +73,6 @@ def check_arguments(info: ModelInfo, *, include_top, pooling, classes, aux_logit
     if not 0.0 <= float(dropout_rate) < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
     if aux_logits:
-        if not info.aux_heads:
-            raise ValueError(
-                f"{_display_name(info)} has no auxiliary classifiers in its paper; "
-                f"build it with aux_logits=False.")
         if not include_top:
             raise ValueError(
                 "aux_logits=True needs include_top=True: the auxiliary heads are "

@@ -8,15 +8,22 @@ from keras_inception.registry import ModelInfo, _REGISTRY
 
 
 def infer_info(model: keras.Model) -> ModelInfo:
-    """The registry entry whose stage layers all exist in ``model``."""
+    """The registered family ``model`` was built from.
+
+    Matched on the committed manifests: every body layer of the family (all but
+    classifier and auxiliary heads) must be in ``model``; where several families
+    fit (a model extended by the user), the one with the most layers wins.
+    """
+    from keras_inception.manifest import body_layer_names
+
     names = {layer.name for layer in model.layers}
-    for info in _REGISTRY.values():
-        if info.stages and all(s.layer in names for s in info.stages):
-            return info
-    raise ValueError(
-        f"Model {model.name!r} is not a keras_inception model (none of the "
-        f"registered families' stage layers are all present). Build it with "
-        f"keras_inception.create_model().")
+    fits = [info for info in _REGISTRY.values() if body_layer_names(info.name) <= names]
+    if not fits:
+        raise ValueError(
+            f"Model {model.name!r} is not a keras_inception model (no registered "
+            f"family's layers are all present). Build it with "
+            f"keras_inception.create_model().")
+    return max(fits, key=lambda info: len(body_layer_names(info.name)))
 
 
 def feature_extractor(model: keras.Model, strides=(4, 8, 16, 32), *, stages=None):
@@ -34,11 +41,12 @@ def feature_extractor(model: keras.Model, strides=(4, 8, 16, 32), *, stages=None
         ``{"stride_4": ..., "stride_8": ...}`` (or keyed by stage name).
 
     Example:
-        >>> import keras_inception
+        >>> import keras, keras_inception
         >>> net = keras_inception.InceptionV3(include_top=False,
         ...                                   input_shape=(128, 128, 3))
         >>> feats = keras_inception.feature_extractor(net, strides=(8, 32))
-        >>> {k: v[1:3] for k, v in feats.output_shape.items()}
+        >>> maps = feats(keras.ops.zeros((1, 128, 128, 3)))
+        >>> {k: tuple(v.shape[1:3]) for k, v in maps.items()}
         {'stride_8': (14, 14), 'stride_32': (2, 2)}
     """
     info = infer_info(model)

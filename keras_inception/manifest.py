@@ -8,6 +8,7 @@ changing a shape or a layout is always a deliberate, reviewed change.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -27,6 +28,15 @@ def manifest_path(name: str) -> str:
 def load_manifest(name: str) -> dict:
     with open(manifest_path(get_model_info(name).name)) as f:
         return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def body_layer_names(name: str) -> frozenset:
+    """Names of a variant's layers other than its classifier and auxiliary heads."""
+    info = get_model_info(name)
+    heads = ("avg_pool", "dropout", "predictions") + tuple(info.aux_heads)
+    return frozenset(row[0] for row in load_manifest(name)["layers"]
+                     if not row[0].startswith(heads))
 
 
 def layouts_of(name: str) -> dict:

@@ -104,12 +104,13 @@ def list_models() -> list:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **kwargs):
+def create_model(model_name: str, /, **kwargs):
     """Builds a registered model by name with the constructor's keyword arguments.
 
     Args:
-        name: a name from :func:`list_models` or an alias (``"inception_v1"``).
+        model_name: a name from :func:`list_models` or an alias (``"inception_v1"``).
         **kwargs: passed to the family's constructor (``include_top``, ``weights``,
+            ``name`` (the Keras model name),
             ``input_shape``, ``classes``, ``aux_logits``, ...).
 
     Example:
@@ -119,4 +120,4 @@ def create_model(name: str, **kwargs):
         >>> model.output_shape
         (None, 10)
     """
-    return get_model_info(name).constructor(**kwargs)
+    return get_model_info(model_name).constructor(**kwargs)

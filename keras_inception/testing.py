@@ -8,9 +8,13 @@ names (not on build order or backend).
 
 from __future__ import annotations
 
+import functools
 import zlib
 
+import keras
 import numpy as np
+
+from keras_inception.registry import get_model_info
 
 
 def _draw(path: str, shape, seed: int) -> np.ndarray:
@@ -54,3 +58,51 @@ def reference_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     """A fixed batch of channels-last images in [-1, 1] (the Inception input range)."""
     rng = np.random.default_rng([seed, size, batch])
     return rng.uniform(-1.0, 1.0, (batch, size, size, 3)).astype("float32")
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_model(name: str):
+    """A variant with its top, its aux heads (if any), logits out, any input size and
+    :func:`deterministic_weights`: the model the cross-backend references describe.
+    Cached per process (building is the slow part): never mutate it."""
+    info = get_model_info(name)
+    kwargs = {"aux_logits": True} if info.aux_heads else {}
+    model = info.constructor(input_shape=(None, None, 3), classifier_activation=None,
+                             **kwargs)
+    deterministic_weights(model)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def main_head(name: str):
+    """:func:`zoo_model` restricted to its main output (it runs at the minimum size,
+    where the aux heads cannot)."""
+    model = zoo_model(name)
+    if isinstance(model.output, dict):
+        return keras.Model(model.inputs, model.output["logits"])
+    return model
+
+
+def predict(model, x):
+    """Inference outputs as NumPy, by the fastest route for a one-off call.
+
+    JAX runs op by op very slowly, so it goes through the compiled ``predict``;
+    TensorFlow would spend seconds tracing a graph, so it (and PyTorch) call the
+    model eagerly.
+    """
+    if keras.backend.backend() == "jax":
+        out = model.predict(x, verbose=0, batch_size=len(x))
+    else:
+        out = model(x, training=False)
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+
+
+def reference_outputs(name: str) -> dict:
+    """Outputs of :func:`zoo_model` on :func:`reference_images`: main logits at the
+    minimum size (batch 2), and every head at the aux minimum size (batch 1)."""
+    info = get_model_info(name)
+    out = {"logits": predict(main_head(name), reference_images(2, info.min_size))}
+    if info.aux_heads:
+        heads = predict(zoo_model(name), reference_images(1, info.aux_min_size))
+        out.update({f"aux_input/{k}": v for k, v in heads.items()})
+    return out

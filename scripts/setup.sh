@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv and installs keras-inception with all three backends (CPU builds)
+# and the test tools. constraints/cpu.txt pins torch to its CPU build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[all,test]"
+echo "Installed into $(pwd)/.venv"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole test suite once per Keras backend (the backend is fixed per process).
+# Fails if any run fails or collects no test (pytest exit code 5).
+# Usage: scripts/test.sh [pytest args...]   (BACKENDS="jax torch" to choose)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[[ -x $PY ]] || PY=python3
+status=0
+for backend in ${BACKENDS:-tensorflow jax torch}; do
+  echo "=== KERAS_BACKEND=$backend"
+  start=$SECONDS
+  KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m pytest -q -p no:cacheprovider "$@"
+  code=$?
+  echo "=== $backend: exit $code in $((SECONDS - start)) s"
+  if [[ $code -eq 5 ]]; then
+    echo "=== $backend collected no test: that is a failure"
+  fi
+  [[ $code -ne 0 ]] && status=1
+done
+exit $status

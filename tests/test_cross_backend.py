@@ -1,0 +1,52 @@
+"""A `.keras` file saved on this backend loads on the other two with the same outputs.
+
+The backend is fixed per process, so the other backends run in one subprocess each,
+which loads every variant's file and writes its outputs for this process to compare.
+(Numerical equivalence of the architectures across backends is checked in
+test_zoo.py against committed reference outputs.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import keras_inception
+from keras_inception.testing import main_head, predict, reference_images
+from conftest import BACKEND
+
+LOADER = r"""
+import json, sys
+import numpy as np, keras
+import keras_inception  # registers ScaledResidual for deserialisation
+from keras_inception.testing import predict, reference_images
+jobs = json.loads(sys.argv[1])
+out = {}
+for name, (path, size) in jobs.items():
+    out[name] = predict(keras.saving.load_model(path), reference_images(1, size))
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_keras_files_load_on_the_other_backends(tmp_path):
+    jobs, expected = {}, {}
+    for name in keras_inception.list_models():
+        size = keras_inception.get_model_info(name).min_size
+        path = str(tmp_path / f"{name}.keras")
+        main_head(name).save(path)
+        jobs[name] = (path, size)
+        expected[name] = predict(main_head(name), reference_images(1, size))
+    for other in sorted({"tensorflow", "jax", "torch"} - {BACKEND}):
+        result = tmp_path / f"{other}.npz"
+        env = {**os.environ, "KERAS_BACKEND": other}
+        proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(jobs), str(result)],
+                              env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"loading on {other} failed:\n{proc.stderr[-3000:]}"
+        got = np.load(result)
+        for name in jobs:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name}: saved on {BACKEND}, loaded on {other}")
