@@ -1,7 +1,11 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
 from keras_inception.features import feature_extractor
+from keras_inception.googlenet import GoogLeNet, InceptionV1
+from keras_inception.inception_v2 import InceptionV2
 from keras_inception.inception_v3 import InceptionV3
+from keras_inception.inception_v4 import InceptionV4
+from keras_inception.inception_resnet import InceptionResNetV1, InceptionResNetV2
 from keras_inception.layers import ScaledResidual
 from keras_inception.weights_io import WeightFileError, load_weights
 from keras_inception.xception import Xception

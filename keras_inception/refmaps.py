@@ -20,6 +20,9 @@ IDENTITY = "identity"
 CONV_OIHW = "conv_oihw"          # torch conv (out, in, kh, kw) -> keras (kh, kw, in, out)
 DENSE_OI = "dense_oi"            # torch linear (out, in) -> keras (in, out)
 DEPTHWISE_TORCH = "depthwise_torch"  # torch (in*mult, 1, kh, kw) -> keras (kh, kw, in, mult)
+# torchvision GoogLeNet's aux fc1 (1024, 2048) reads a flattened (C, H, W) =
+# (128, 4, 4) map; ours flattens (H, W, C) whatever the data format.
+DENSE_OI_CHW4X4 = "dense_oi_chw4x4"
 SLIM_LOGITS = "slim_logits"      # TF-Slim 1x1 conv logits (1, 1, in, out) -> dense (in, out)
 EXPECT_ONES = "expect_ones"      # upstream BN gamma where ours has none: folded into the conv
 SKIP = "skip"                    # bookkeeping tensors (num_batches_tracked)
@@ -48,7 +51,7 @@ def _to_torch_shape(shape, transform):
     if transform == CONV_OIHW:
         kh, kw, i, o = shape
         return (o, i, kh, kw)
-    if transform == DENSE_OI:
+    if transform in (DENSE_OI, DENSE_OI_CHW4X4):
         i, o = shape
         return (o, i)
     if transform == DEPTHWISE_TORCH:
@@ -66,6 +69,9 @@ def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
         return np.transpose(array, (2, 3, 1, 0))
     if transform == DENSE_OI:
         return np.transpose(array, (1, 0))
+    if transform == DENSE_OI_CHW4X4:
+        out = array.shape[0]
+        return array.reshape(out, -1, 4, 4).transpose(2, 3, 1, 0).reshape(-1, out)
     if transform == DEPTHWISE_TORCH:
         out, _, kh, kw = array.shape
         return np.transpose(array.reshape(out, 1, kh, kw), (2, 3, 0, 1))
