@@ -61,4 +61,4 @@ def feature_extractor(model: keras.Model, strides=(4, 8, 16, 32), *, stages=None
                 f"{sorted(available)}.")
         taps = {f"stride_{s}": available[s] for s in strides}
     outputs = {key: model.get_layer(layer).output for key, layer in taps.items()}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
