@@ -32,6 +32,7 @@ from keras_inception.layers import Conv, Pool
 from keras_inception.refmaps import DENSE_OI_CHW4X4, IDENTITY
 from keras_inception.registry import ModelInfo, Stage, register
 
+
 def _module(b0, b1_reduce, b1, b2_reduce, b2, pool_proj, *, kernel=3, quirk=False):
     """An Inception module: 1x1 | 1x1-3x3 | 1x1-kxk | maxpool-1x1.
 
