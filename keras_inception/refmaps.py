@@ -24,7 +24,9 @@ DEPTHWISE_TORCH = "depthwise_torch"  # torch (in*mult, 1, kh, kw) -> keras (kh, 
 # (128, 4, 4) map; ours flattens (H, W, C) whatever the data format.
 DENSE_OI_CHW4X4 = "dense_oi_chw4x4"
 SLIM_LOGITS = "slim_logits"      # TF-Slim 1x1 conv logits (1, 1, in, out) -> dense (in, out)
-EXPECT_ONES = "expect_ones"      # upstream BN gamma where ours has none: folded into the conv
+# Upstream BN gamma where ours has none: folded exactly into the convolution before
+# the BN (kernel and moving mean scaled per output channel).
+FOLD_GAMMA = "fold_gamma"
 SKIP = "skip"                    # bookkeeping tensors (num_batches_tracked)
 
 # Upstream tensors of a head carry 1001 classes where class 0 is the background.
@@ -113,7 +115,7 @@ class LayoutBuilder:
                                   transform))
 
     def extra(self, key, shape, transform):
-        """An upstream tensor with no weight of ours (bookkeeping, folded gamma)."""
+        """An upstream tensor with no weight of ours (bookkeeping)."""
         self.entries.append(Entry(key, tuple(shape), None, None, transform))
 
     # --- one conv + BN block, per naming style -------------------------------------
@@ -135,11 +137,12 @@ class LayoutBuilder:
 
     def torch_bn(self, ours_bn: str, key: str, batches_tracked=True):
         """torch BatchNorm2d ``key.{weight,bias,running_mean,running_var}``; an
-        upstream gamma where ours has none is recorded as :data:`EXPECT_ONES`."""
+        upstream gamma where ours has none is recorded as :data:`FOLD_GAMMA`."""
         if "gamma" in self._shapes[ours_bn]:
             self.add(f"{key}.weight", ours_bn, "gamma", IDENTITY)
         else:
-            self.extra(f"{key}.weight", self._shape(ours_bn, "beta"), EXPECT_ONES)
+            self.entries.append(Entry(f"{key}.weight", self._shape(ours_bn, "beta"),
+                                      ours_bn, "gamma", FOLD_GAMMA))
         self.add(f"{key}.bias", ours_bn, "beta", IDENTITY)
         self.add(f"{key}.running_mean", ours_bn, "moving_mean", IDENTITY)
         self.add(f"{key}.running_var", ours_bn, "moving_variance", IDENTITY)

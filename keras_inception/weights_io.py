@@ -137,7 +137,8 @@ def _plan_by_order(model, layers, order: List[str]):
     return [(layer, arrays) for layer, (_, arrays) in zip(targets, layers)]
 
 
-def _check(plan):
+def check_plan(plan):
+    """Raises :class:`WeightFileError` on the first ``(layer, arrays)`` that does not fit."""
     for layer, arrays in plan:
         expected = [tuple(w.shape) for w in layer.weights]
         got = [tuple(a.shape) for a in arrays]
@@ -193,7 +194,7 @@ def load_weights(model, path, *, info=None, skip_missing=False):
             plan = _plan_by_name(model, dict(content), skip_missing)
         else:
             plan = _plan_by_order(model, content, _legacy_order(model, info))
-    _check(plan)
+    check_plan(plan)
     for layer, arrays in plan:
         layer.set_weights(arrays)
 
