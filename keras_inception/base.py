@@ -7,6 +7,8 @@ same way for all of them, so every constructor validates and behaves alike.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 import keras
@@ -94,13 +96,8 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
     """
     check_arguments(info, include_top=include_top, pooling=pooling, classes=classes,
                     aux_logits=aux_logits, dropout_rate=dropout_rate)
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be None or a file path, got {weights!r}.")
-    if weights is not None and not os.path.isfile(weights):
-        raise ValueError(
-            f"weights={str(weights)!r} is not an existing file. Pass None for random "
-            f"initialisation or the path to a weight file (.weights.h5, or a "
-            f"keras.applications .h5).")
+    if weights is not None:
+        _check_weights_path(info, weights)
     inputs, image = resolve_input(info, include_top=include_top,
                                   input_tensor=input_tensor, input_shape=input_shape,
                                   aux_logits=aux_logits)
@@ -117,7 +114,85 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
         outputs = heads
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
+        load_weights_file(model, weights, info)
+    return model
+
+
+def _is_weights_path(weights) -> bool:
+    path = os.fspath(weights)
+    return os.path.exists(path) or os.path.exists(f"{path}.index")
+
+
+def _check_weights_path(info: ModelInfo, weights):
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be None, a weights name or a file path, got "
+                         f"{weights!r}.")
+    if not _is_weights_path(weights):
+        from keras_inception.pretrained import WEIGHTS
+
+        known = ", ".join(WEIGHTS.get(info.name, {})) or "none"
+        raise ValueError(
+            f"weights={os.fspath(weights)!r} is neither an existing file nor a known "
+            f"weights name for {info.name} (known: {known}). Pass None for random "
+            f"initialisation, a name, or the path to a weight file (.weights.h5, a "
+            f"keras .h5, timm .safetensors, torchvision .pth, TF-Slim checkpoint).")
+
+
+def load_weights_file(model, path, info: ModelInfo):
+    """Loads our or keras' ``.h5``, or converts an upstream checkpoint, by its format."""
+    from keras_inception.convert import load_upstream, readers
+
+    try:
+        fmt = readers.detect_format(path)
+    except readers.SourceFormatError:
+        fmt = readers.KERAS_H5  # unknown suffix: let the HDF5 reader say what it is
+    if fmt == readers.KERAS_H5:
         from keras_inception import weights_io
 
-        weights_io.load_weights(model, weights, info=info)
-    return model
+        weights_io.load_weights(model, path, info=info)
+    else:
+        load_upstream(model, path, fmt=fmt, model_name=info.name)
+
+
+def pretrained_constructor(constructor):
+    """Lets a constructor take a weights name (``weights="imagenet"``).
+
+    Before building, the name is looked up in :mod:`keras_inception.pretrained`: the
+    model's arguments are checked against the weights (class count, trained aux
+    heads), the arguments the upstream arithmetic needs (``arithmetic``,
+    ``bn_epsilon``) are filled in, and the file is fetched and converted once into
+    the cache. A user argument that contradicts the weights is an error.
+    """
+    signature = inspect.signature(constructor)
+
+    @functools.wraps(constructor)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        weights = bound.arguments.get("weights")
+        if not isinstance(weights, str) or _is_weights_path(weights):
+            return constructor(*args, **kwargs)
+        from keras_inception import pretrained
+        from keras_inception.registry import constructor_info
+
+        info = constructor_info(wrapper)
+        entry = pretrained.get_weights_entry(info.name, weights)
+        given = {**{k: p.default for k, p in signature.parameters.items()},
+                 **bound.arguments}
+        pretrained.check_compatible(entry, include_top=given["include_top"],
+                                    classes=given["classes"],
+                                    aux_logits=given.get("aux_logits", False))
+        for key, value in entry.model_kwargs:
+            if key not in signature.parameters:
+                raise ValueError(f"weights={weights!r} need {key}={value!r}, which "
+                                 f"{constructor.__name__} does not support.")
+            if key in bound.arguments and bound.arguments[key] != value:
+                raise ValueError(
+                    f"weights={weights!r} were trained with {key}={value!r} (upstream "
+                    f"arithmetic); got {key}={bound.arguments[key]!r}. Leave {key} "
+                    f"out to get the right one.")
+            bound.arguments[key] = value
+        bound.arguments["weights"] = pretrained.weights_file(
+            entry, include_top=given["include_top"], classes=given["classes"])
+        return constructor(*bound.args, **bound.kwargs)
+
+    return wrapper

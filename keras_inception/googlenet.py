@@ -5,10 +5,12 @@ network: torchvision's weights were ported from TF-Slim), with batch normalizati
 after every convolution. Layer names are the TF-Slim scopes, lower-cased
 (``mixed_4b_branch_1_conv2d_0b_3x3``).
 
-Padding: every convolution and pooling is ``"same"``, as in TF-Slim, so TF-Slim's
-weights compute exactly what they computed there. torchvision pads symmetrically
-instead (``Conv2d(..., padding=3)`` for the 7x7/2 stem, ``MaxPool2d(3, 2,
-ceil_mode=True)`` for the grid reductions). Per layer:
+Padding: by default (``arithmetic="tf"``) every convolution and pooling is
+``"same"``, as in TF-Slim, so TF-Slim's weights compute exactly what they computed
+there. torchvision pads symmetrically instead (``Conv2d(..., padding=3)`` for the
+7x7/2 stem, ``MaxPool2d(3, 2, ceil_mode=True)`` for the grid reductions);
+``arithmetic="torch"`` builds those ops its way, so torchvision's weights compute
+what they compute there. Per layer:
 
 - ``conv2d_1a_7x7`` (7x7/2): torchvision pads 3 on every side; "same" pads 2 before
   and 3 after on even sides, 3 and 3 on odd sides. Same output size always, but on
@@ -20,8 +22,9 @@ ceil_mode=True)`` for the grid reductions). Per layer:
 - The branch max pools (3x3/1, padding 1) and the 3x3 convolutions (padding 1):
   identical to "same".
 
-So at 224 (and any side that is a multiple of 16) only the stem convolution differs;
-a converter for torchvision's weights supplies its arithmetic (not this module).
+So at 224 (and any side that is a multiple of 16) only the stem convolution differs.
+torch's arithmetic needs inputs of at least 15 pixels (the ceil-mode pools shrink
+odd sides), where TF's takes any.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ _STEM = (
     Conv("conv2d_2c_3x3", 192, 3),
     Pool("maxpool_3a_3x3", "max", 3, strides=2),
 )
+# torchvision's stem: Conv2d(3, 64, 7, stride=2, padding=3), MaxPool2d(3, 2,
+# ceil_mode=True); its 1x1 and padded 3x3 convolutions are "same" already.
+_TORCH_STEM = (
+    Conv("conv2d_1a_7x7", 64, 7, strides=2, padding=3),
+    Pool("maxpool_2a_3x3", "max", 3, strides=2, padding=0, ceil_mode=True),
+    *_STEM[2:4],
+    Pool("maxpool_3a_3x3", "max", 3, strides=2, padding=0, ceil_mode=True),
+)
 
 # (name, filters of _module, torchvision module); grid reductions are max pools.
 MODULES = (
@@ -83,13 +94,19 @@ def _branches(name, filters, kernel):
     return _module(*filters, kernel=kernel, quirk=name == "mixed_5b")
 
 
-def _make_body(branch3_kernel):
+def _make_body(branch3_kernel, arithmetic):
+    torch = arithmetic == "torch"
+
     def body(x, norm):
-        x = L.apply_ops(x, _STEM, prefix="", norm=norm)
+        x = L.apply_ops(x, _TORCH_STEM if torch else _STEM, prefix="", norm=norm)
         taps = {}
         for name, filters, _ in MODULES:
             if filters is None:
-                x = L.pool(x, "max", _POOL_SIZES[name], strides=2, name=name)
+                size = _POOL_SIZES[name]
+                # torchvision's 2x2/2 ceil-mode pool is "same" at every size.
+                ceil = torch and size == 3
+                x = L.pool(x, "max", size, strides=2, name=name,
+                           padding=0 if ceil else "same", ceil_mode=ceil)
                 continue
             x = L.inception_module(x, _branches(name, filters, branch3_kernel),
                                    name=name, norm=norm)
@@ -99,10 +116,11 @@ def _make_body(branch3_kernel):
     return body
 
 
+@base.pretrained_constructor
 def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax",
               dropout_rate=0.4, aux_logits=False, name="googlenet", bn_scale=False,
-              bn_epsilon=1e-3, branch3_kernel=3):
+              bn_epsilon=1e-3, branch3_kernel=3, arithmetic="tf"):
     """GoogLeNet (Inception-v1) with batch normalization, as in TF-Slim and torchvision.
 
     Args:
@@ -131,6 +149,9 @@ def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=Non
             (torchvision's ``branch3``, TF-Slim's ``Branch_2``). 3 (default) is what
             TF-Slim and torchvision build, a known deviation that their weights need;
             5 is the paper's 5x5 convolution (no public weights).
+        arithmetic: ``"tf"`` (default: TF-Slim's "same" padding, for TF-Slim's
+            weights) or ``"torch"`` (torchvision's symmetric stem padding and
+            ceil-mode pools, for torchvision's weights; inputs of at least 15).
 
     Returns:
         A ``keras.Model``.
@@ -146,10 +167,11 @@ def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=Non
         raise ValueError(
             f"branch3_kernel must be 3 (TF-Slim/torchvision, needed by their weights) "
             f"or 5 (the paper), got {branch3_kernel!r}.")
+    L.check_arithmetic(arithmetic)
     return base.build_model(
-        INFO, _make_body(branch3_kernel), include_top=include_top, weights=weights,
-        input_tensor=input_tensor, input_shape=input_shape, pooling=pooling,
-        classes=classes, classifier_activation=classifier_activation,
+        INFO, _make_body(branch3_kernel, arithmetic), include_top=include_top,
+        weights=weights, input_tensor=input_tensor, input_shape=input_shape,
+        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         dropout_rate=dropout_rate, aux_logits=aux_logits, name=name,
         norm=L.Norm(scale=bn_scale, epsilon=bn_epsilon))
 

@@ -186,6 +186,7 @@ def _stages(variant: Variant):
     )
 
 
+@base.pretrained_constructor
 def InceptionResNetV2(include_top=True, weights=None, input_tensor=None,
                       input_shape=None, pooling=None, classes=1000,
                       classifier_activation="softmax", dropout_rate=0.2,
@@ -234,6 +235,7 @@ def InceptionResNetV2(include_top=True, weights=None, input_tensor=None,
         norm=L.Norm(scale=bn_scale, epsilon=bn_epsilon))
 
 
+@base.pretrained_constructor
 def InceptionResNetV1(include_top=True, weights=None, input_tensor=None,
                       input_shape=None, pooling=None, classes=1000,
                       classifier_activation="softmax", dropout_rate=0.2,

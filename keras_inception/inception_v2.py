@@ -89,6 +89,7 @@ def _body(x, norm):
     return x, {}
 
 
+@base.pretrained_constructor
 def InceptionV2(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 dropout_rate=0.2, name="inception_v2", bn_scale=False,

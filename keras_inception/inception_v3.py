@@ -3,9 +3,18 @@
 Layer names are the TF-Slim scopes, lower-cased (``mixed_6a_branch_1_conv2d_0b_3x3``);
 the topology and the branch order are keras.applications' and TF-Slim's, so the
 weights of either load exactly.
+
+Arithmetic: the only op where torchvision's Inception3 (and timm's inception_v3,
+the same module) computes differently is the 3x3/1 average pool of the branches:
+``F.avg_pool2d(x, 3, 1, padding=1)`` counts the zero padding in the border averages
+(``count_include_pad=True``), TF-Slim and Keras leave it out. ``arithmetic="torch"``
+pads explicitly to count it; every other op (valid strided convs and pools,
+symmetric stride-1 padding) is the same in both.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from keras_inception import base
 from keras_inception import layers as L
@@ -96,14 +105,29 @@ MODULES = (
 )
 
 
-def _body(x, norm):
-    x = L.apply_ops(x, _STEM, prefix="", norm=norm)
-    taps = {}
-    for name, branches in MODULES:
-        x = L.inception_module(x, branches, name=name, norm=norm)
-        if name == "mixed_6e":
-            taps["aux"] = x
-    return x, taps
+def _count_include_pad(op):
+    """torch's ``avg_pool2d(3, 1, padding=1)``: zero padding counted in the average."""
+    if isinstance(op, Pool) and op.kind == "avg":
+        return dataclasses.replace(op, padding=1)
+    return op
+
+
+def _make_body(arithmetic):
+    modules = MODULES
+    if arithmetic == "torch":
+        modules = tuple(
+            (name, tuple(L.map_ops(ops, _count_include_pad) for ops in branches))
+            for name, branches in MODULES)
+
+    def body(x, norm):
+        x = L.apply_ops(x, _STEM, prefix="", norm=norm)
+        taps = {}
+        for name, branches in modules:
+            x = L.inception_module(x, branches, name=name, norm=norm)
+            if name == "mixed_6e":
+                taps["aux"] = x
+        return x, taps
+    return body
 
 
 # --- reference layouts --------------------------------------------------------------
@@ -172,10 +196,11 @@ def _torch_layout(b: LayoutBuilder):
 LAYOUTS = {"tf_slim": _slim_layout, "torchvision": _torch_layout}
 
 
+@base.pretrained_constructor
 def InceptionV3(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 dropout_rate=0.2, aux_logits=False, name="inception_v3",
-                bn_scale=False, bn_epsilon=1e-3):
+                bn_scale=False, bn_epsilon=1e-3, arithmetic="tf"):
     """Inception-v3, weight-compatible with keras.applications and TF-Slim.
 
     Args:
@@ -195,6 +220,9 @@ def InceptionV3(include_top=True, weights=None, input_tensor=None, input_shape=N
         name: model name.
         bn_scale: give BatchNormalization a gamma (keras.applications has none).
         bn_epsilon: BatchNormalization epsilon.
+        arithmetic: ``"tf"`` (default: Keras/TF-Slim average pools, which leave the
+            padding out) or ``"torch"`` (torchvision's and timm's, which count it:
+            for their weights).
 
     Returns:
         A ``keras.Model``.
@@ -205,8 +233,9 @@ def InceptionV3(include_top=True, weights=None, input_tensor=None, input_shape=N
         >>> model.output_shape
         (None, 5)
     """
+    L.check_arithmetic(arithmetic)
     return base.build_model(
-        INFO, _body, include_top=include_top, weights=weights,
+        INFO, _make_body(arithmetic), include_top=include_top, weights=weights,
         input_tensor=input_tensor, input_shape=input_shape, pooling=pooling,
         classes=classes, classifier_activation=classifier_activation,
         dropout_rate=dropout_rate, aux_logits=aux_logits, name=name,

@@ -115,6 +115,7 @@ def _body(x, norm):
     return x, taps
 
 
+@base.pretrained_constructor
 def InceptionV4(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 dropout_rate=0.2, aux_logits=False, name="inception_v4",

@@ -72,6 +72,14 @@ def register(info: ModelInfo) -> ModelInfo:
     return info
 
 
+def constructor_info(constructor) -> ModelInfo:
+    """The registry entry built by ``constructor``."""
+    for info in _REGISTRY.values():
+        if info.constructor is constructor:
+            return info
+    raise LookupError(f"{constructor.__name__} is not a registered constructor.")
+
+
 def _canonical(name: str) -> str:
     key = name.lower().replace("-", "_")
     key = _ALIASES.get(key, key)

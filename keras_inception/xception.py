@@ -59,14 +59,15 @@ def sepconv_bn(x, filters, *, name, norm, activation="pre"):
     return x
 
 
-def downsampling_block(x, widths, *, name, norm, relu_first=True):
+def downsampling_block(x, widths, *, name, norm, relu_first=True, arithmetic="tf"):
     """Entry/exit flow block: separable convs, 3x3/2 max pool, + strided 1x1 shortcut.
 
     The shortcut is a 1x1 stride-2 conv + BN (``{name}_shortcut_conv``/``_bn``); the
-    sum is ``{name}``. The pool is 'same' with TF's padding: (0, 1) on even sides.
-    timm's legacy_xception pools with torch's symmetric padding 1 instead, which
-    differs on even sides (block3's 74x74 map at a 299 input): a loader of timm's
-    weights that must reproduce timm's outputs has to pad the same way.
+    sum is ``{name}``. With ``arithmetic="tf"`` the pool is 'same' with TF's
+    padding: (0, 1) on even sides. timm's legacy_xception pools with torch's
+    symmetric padding 1 instead (``MaxPool2d(3, 2, 1)``), which differs on even sides
+    (block3's 74x74 map at a 299 input); ``arithmetic="torch"`` pads that way
+    (``{name}_pool_pad``). The strided 1x1 shortcut samples the same pixels either way.
     """
     shortcut = L.conv_bn(x, widths[-1], 1, strides=2, name=f"{name}_shortcut",
                          norm=norm, activation=None)
@@ -74,7 +75,8 @@ def downsampling_block(x, widths, *, name, norm, relu_first=True):
         first_plain = i == 1 and not relu_first
         x = sepconv_bn(x, width, name=f"{name}_sepconv{i}", norm=norm,
                        activation=None if first_plain else "pre")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+    x = L.pool(x, "max", 3, strides=2, padding=1 if arithmetic == "torch" else "same",
+               name=f"{name}_pool")
     return layers.Add(name=name)([x, shortcut])
 
 
@@ -86,19 +88,24 @@ def middle_block(x, *, name, norm):
     return layers.Add(name=name)([x, shortcut])
 
 
-def _body(x, norm):
-    # Stem: two plain 3x3 convs, VALID (keras.applications and timm).
-    x = L.conv_bn(x, 32, 3, strides=2, padding="valid", name="block1_conv1", norm=norm)
-    x = L.conv_bn(x, 64, 3, padding="valid", name="block1_conv2", norm=norm)
-    for name, widths, relu_first in ENTRY_FLOW:
-        x = downsampling_block(x, widths, name=name, norm=norm, relu_first=relu_first)
-    for name in MIDDLE_FLOW:
-        x = middle_block(x, name=name, norm=norm)
-    name, widths, relu_first = EXIT_BLOCK
-    x = downsampling_block(x, widths, name=name, norm=norm, relu_first=relu_first)
-    for name, width in EXIT_CONVS:
-        x = sepconv_bn(x, width, name=name, norm=norm, activation="post")
-    return x, {}
+def _make_body(arithmetic):
+    def body(x, norm):
+        # Stem: two plain 3x3 convs, VALID (keras.applications and timm).
+        x = L.conv_bn(x, 32, 3, strides=2, padding="valid", name="block1_conv1",
+                      norm=norm)
+        x = L.conv_bn(x, 64, 3, padding="valid", name="block1_conv2", norm=norm)
+        for name, widths, relu_first in ENTRY_FLOW:
+            x = downsampling_block(x, widths, name=name, norm=norm,
+                                   relu_first=relu_first, arithmetic=arithmetic)
+        for name in MIDDLE_FLOW:
+            x = middle_block(x, name=name, norm=norm)
+        name, widths, relu_first = EXIT_BLOCK
+        x = downsampling_block(x, widths, name=name, norm=norm, relu_first=relu_first,
+                               arithmetic=arithmetic)
+        for name, width in EXIT_CONVS:
+            x = sepconv_bn(x, width, name=name, norm=norm, activation="post")
+        return x, {}
+    return body
 
 
 # --- reference layouts ----------------------------------------------------------
@@ -144,9 +151,11 @@ def _timm_layout(b: refmaps.LayoutBuilder):
 LAYOUTS = {"timm": _timm_layout}
 
 
+@base.pretrained_constructor
 def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None,
              pooling=None, classes=1000, classifier_activation="softmax",
-             dropout_rate=0.0, name="xception", bn_scale=True, bn_epsilon=1e-3):
+             dropout_rate=0.0, name="xception", bn_scale=True, bn_epsilon=1e-3,
+             arithmetic="tf"):
     """Xception, weight-compatible with keras.applications (and timm's legacy_xception).
 
     Args:
@@ -166,6 +175,9 @@ def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None
         bn_scale: give BatchNormalization a gamma (keras.applications and timm do).
         bn_epsilon: BatchNormalization epsilon (1e-3 as trained in Keras; timm's
             legacy_xception runs the same weights with torch's 1e-5).
+        arithmetic: ``"tf"`` (default: Keras' "same" max pools, for Keras' weights)
+            or ``"torch"`` (timm's ``MaxPool2d(3, 2, 1)``, for timm's weights, with
+            ``bn_epsilon=1e-5``).
 
     Returns:
         A ``keras.Model``.
@@ -176,8 +188,9 @@ def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None
         >>> model.output_shape
         (None, 5)
     """
+    L.check_arithmetic(arithmetic)
     return base.build_model(
-        INFO, _body, include_top=include_top, weights=weights,
+        INFO, _make_body(arithmetic), include_top=include_top, weights=weights,
         input_tensor=input_tensor, input_shape=input_shape, pooling=pooling,
         classes=classes, classifier_activation=classifier_activation,
         dropout_rate=dropout_rate, aux_logits=False, name=name,
