@@ -7,6 +7,8 @@ from keras_inception.inception_v3 import InceptionV3
 from keras_inception.inception_v4 import InceptionV4
 from keras_inception.inception_resnet import InceptionResNetV1, InceptionResNetV2
 from keras_inception.layers import ScaledResidual
+from keras_inception.preprocessing import (
+    decode_predictions, imagenet_classes, load_image, preprocess_input, preprocessing_for)
 from keras_inception.pretrained import WeightsEntry, get_weights_entry, list_weights
 from keras_inception.weights_io import WeightFileError, load_weights
 from keras_inception.xception import Xception

@@ -193,6 +193,10 @@ def pretrained_constructor(constructor):
             bound.arguments[key] = value
         bound.arguments["weights"] = pretrained.weights_file(
             entry, include_top=given["include_top"], classes=given["classes"])
-        return constructor(*bound.args, **bound.kwargs)
+        model = constructor(*bound.args, **bound.kwargs)
+        from keras_inception.preprocessing import attach_preprocessing
+
+        attach_preprocessing(model, entry.preprocessing)
+        return model
 
     return wrapper

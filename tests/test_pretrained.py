@@ -97,6 +97,7 @@ def test_keras_weights_download_cache_and_offline_reload(http_server, monkeypatc
     model = keras_inception.InceptionV3(weights="imagenet", input_shape=(size, size, 3))
     np.testing.assert_allclose(predict(model, x), expected, rtol=0, atol=1e-6)
     assert http_server.count(source.name) == 1
+    assert keras_inception.preprocessing_for(model) == good.preprocessing == "inception"
 
     http_server.stop()  # second load: from the cache, no network
     again = keras_inception.InceptionV3(weights="imagenet", input_shape=(size, size, 3))
