@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -48,8 +49,11 @@ def test_create_model_passes_arguments():
     (dict(include_top=False, pooling="mean"), "Unknown pooling 'mean'"),
     (dict(classes=0), "classes must be a positive integer"),
     (dict(input_shape=(SIZE, SIZE)), r"\(height, width, channels\)"),
-    (dict(weights="imagenet"), "not an existing file"),
-    (dict(weights=3), "weights must be None or a file path"),
+    (dict(weights="imagenet_v9"), r"Unknown weights 'imagenet_v9' for inception_v3\. "
+                                  "Known: imagenet, tf_slim"),
+    (dict(weights=pathlib.Path("missing.weights.h5")),
+     "neither an existing file nor a known weights name"),
+    (dict(weights=3), "weights must be None, a weights name or a file path"),
     (dict(dropout_rate=1.5), "dropout_rate"),
     (dict(input_tensor=np.zeros((1, SIZE, SIZE, 3))), "must be a Keras tensor"),
 ])
