@@ -71,6 +71,12 @@ def _is_head(layer_name: Optional[str]) -> bool:
                                  layer_name.startswith("aux"))
 
 
+def _is_classifier(layer_name: Optional[str]) -> bool:
+    """The layers with one output per class (where TF-Slim's background class is)."""
+    return bool(layer_name) and (layer_name == "predictions" or
+                                 layer_name.endswith("_predictions"))
+
+
 def _head_keys_absent_from(model, model_name, layout) -> set:
     """Upstream keys of heads (classifier, aux) that ``model`` was built without."""
     from keras_inception.manifest import load_manifest
@@ -102,6 +108,13 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
         if tensor is None:
             if entry.transform == refmaps.SKIP:
                 continue  # bookkeeping some exports leave out (num_batches_tracked)
+            if _is_head(entry.layer) and entry.layer != "predictions":
+                if skip_missing:
+                    continue
+                raise ConversionError(
+                    f"The checkpoint has no tensor {entry.key!r} of the auxiliary "
+                    f"head {entry.layer!r}: build the model with aux_logits=False, or "
+                    f"pass skip_missing=True to keep the aux heads' initial weights.")
             raise ConversionError(
                 f"The checkpoint has no tensor {entry.key!r} (for our layer "
                 f"{entry.layer!r}): it is not a {layout} {name} checkpoint, or it was "
@@ -120,7 +133,7 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
         if entry.transform == refmaps.SKIP:
             continue
         value = refmaps.apply_transform(np.asarray(tensor), entry.transform)
-        if drop_background and _is_head(entry.layer):
+        if drop_background and _is_classifier(entry.layer):
             value = value[..., 1:]
         if entry.transform == refmaps.FOLD_GAMMA:
             gammas[entry.layer] = value

@@ -7,6 +7,7 @@ which refuses pickled code; safetensors and TF checkpoints hold no code at all.
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 import tempfile
 from typing import Dict
@@ -73,18 +74,24 @@ def read_torch(path) -> Dict[str, np.ndarray]:
 
 
 def _checkpoint_prefix(directory: str) -> str:
-    indexes = sorted(f for f in os.listdir(directory) if f.endswith(".index"))
-    if not indexes:
-        for root, _, files in os.walk(directory):
-            indexes = sorted(os.path.join(root, f) for f in files if f.endswith(".index"))
-            if indexes:
-                return indexes[0][: -len(".index")]
-        raise SourceFormatError(f"No TF checkpoint (*.index) in {directory!r}.")
-    if len(indexes) > 1:
+    """The one checkpoint under ``directory``: a V2 prefix (``prefix.index`` +
+    ``prefix.data-*``) or a V1 single file (``*.ckpt``, ``*.ckpt-N``), the format of
+    TF-Slim's 2016 archives (``inception_v3.ckpt``)."""
+    found = []
+    for root, _, files in os.walk(directory):
+        for f in sorted(files):
+            if f.endswith(".index"):
+                found.append(os.path.join(root, f[: -len(".index")]))
+            elif re.fullmatch(r".+\.ckpt(-\d+)?", f):
+                found.append(os.path.join(root, f))
+    if not found:
         raise SourceFormatError(
-            f"Several checkpoints in {directory!r} ({', '.join(indexes)}): pass the "
+            f"No TF checkpoint (a *.index file, or a V1 *.ckpt file) in {directory!r}.")
+    if len(found) > 1:
+        raise SourceFormatError(
+            f"Several checkpoints in {directory!r} ({', '.join(found)}): pass the "
             f"prefix of the one to convert.")
-    return os.path.join(directory, indexes[0][: -len(".index")])
+    return found[0]
 
 
 def read_tf_checkpoint(path) -> Dict[str, np.ndarray]:
