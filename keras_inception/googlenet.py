@@ -23,8 +23,8 @@ what they compute there. Per layer:
   identical to "same".
 
 So at 224 (and any side that is a multiple of 16) only the stem convolution differs.
-torch's arithmetic needs inputs of at least 15 pixels (the ceil-mode pools shrink
-odd sides), where TF's takes any.
+torch's arithmetic needs inputs of at least 15 pixels (:data:`TORCH_MIN_SIZE`: the
+ceil-mode pools shrink odd sides), where TF's takes any.
 """
 
 from __future__ import annotations
@@ -88,6 +88,22 @@ MODULES = (
 AUX_TAPS = {"mixed_4b": "aux1", "mixed_4e": "aux2"}
 
 _POOL_SIZES = {"maxpool_4a_3x3": 3, "maxpool_5a_2x2": 2}
+
+# torchvision's ceil-mode pools leave no pixel of smaller inputs (torch raises too).
+TORCH_MIN_SIZE = 15
+
+
+def _check_torch_size(input_shape, input_tensor):
+    shape = getattr(input_tensor, "shape", None)
+    shape = tuple(shape[1:]) if shape is not None else input_shape
+    if shape is None or len(shape) != 3:
+        return  # the default size, or a shape build_model rejects itself
+    if any(side is not None and side < TORCH_MIN_SIZE for side in base._spatial(shape)):
+        raise ValueError(
+            f"GoogLeNet with arithmetic='torch' needs inputs of at least "
+            f"{TORCH_MIN_SIZE}x{TORCH_MIN_SIZE} pixels (torchvision's ceil-mode pools "
+            f"leave nothing of smaller ones); got input shape {tuple(shape)}. Resize "
+            f"or pad your images, or use arithmetic='tf'.")
 
 
 def _branches(name, filters, kernel):
@@ -167,7 +183,8 @@ def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=Non
         raise ValueError(
             f"branch3_kernel must be 3 (TF-Slim/torchvision, needed by their weights) "
             f"or 5 (the paper), got {branch3_kernel!r}.")
-    L.check_arithmetic(arithmetic)
+    if L.check_arithmetic(arithmetic) == "torch":
+        _check_torch_size(input_shape, input_tensor)
     return base.build_model(
         INFO, _make_body(branch3_kernel, arithmetic), include_top=include_top,
         weights=weights, input_tensor=input_tensor, input_shape=input_shape,

@@ -5,11 +5,19 @@ from it, so that weight maps, feature taps and freezing helpers can address them
 Branch layouts are data (tuples of :class:`Conv`, :class:`Pool` and :class:`Fork`
 ops), so an Inception module is written once and each family only lists its
 branches. Op names follow the TF-Slim scopes, lower-cased.
+
+Two padding arithmetics coexist upstream. TF-Slim and Keras pad "same" (the extra
+pixel of an even total after the data) and leave padding out of averages; PyTorch
+pads explicitly and symmetrically, counts zero padding in averages by default, and
+rounds pooled sizes up with ``ceil_mode``. Weights run with the arithmetic they come
+from: an op whose ``padding`` is a number pads torch's way (a ``{name}_pad`` layer,
+then a valid op), see :func:`conv_bn` and :func:`pool`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence, Union
 
 import keras
@@ -29,26 +37,49 @@ class Norm:
     momentum: float = 0.99
 
 
+# Padding arithmetic of a model: "tf" (TF-Slim / Keras) or "torch" (torchvision, timm).
+ARITHMETICS = ("tf", "torch")
+
+
+def check_arithmetic(arithmetic: str) -> str:
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(
+            f"arithmetic must be 'tf' (TF-Slim/Keras padding and pooling, for weights "
+            f"trained or converted there) or 'torch' (torchvision/timm's, for weights "
+            f"converted from them), got {arithmetic!r}.")
+    return arithmetic
+
+
 @dataclasses.dataclass(frozen=True)
 class Conv:
-    """A conv + BN + ReLU op inside a branch (kernel may be ``(rows, cols)``)."""
+    """A conv + BN + ReLU op inside a branch (kernel may be ``(rows, cols)``).
+
+    ``padding``: ``"same"``, ``"valid"``, or a number of zeros padded on every
+    side first (torch's ``Conv2d(padding=n)``).
+    """
 
     name: str
     filters: int
     kernel: Union[int, tuple]
     strides: int = 1
-    padding: str = "same"
+    padding: Union[str, int] = "same"
 
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-    """A pooling op inside a branch (``kind`` is ``"max"`` or ``"avg"``)."""
+    """A pooling op inside a branch (``kind`` is ``"max"`` or ``"avg"``).
+
+    ``padding``: ``"same"``, ``"valid"``, or torch's symmetric padding (a number;
+    averages count it as zeros, as ``count_include_pad=True``). ``ceil_mode``:
+    torch's rounding up of the output size (a partial last window is kept).
+    """
 
     name: str
     kind: str
     size: int = 3
     strides: int = 1
-    padding: str = "same"
+    padding: Union[str, int] = "same"
+    ceil_mode: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +97,58 @@ def channel_axis() -> int:
     return -1 if keras.config.image_data_format() == "channels_last" else 1
 
 
+@keras.saving.register_keras_serializable(package="keras_inception")
+class ConstantPadding2D(layers.Layer):
+    """Pads rows and columns with ``value``: ``((top, bottom), (left, right))``.
+
+    Torch's max pooling pads with -inf (padding never wins), which
+    ``ZeroPadding2D`` cannot express.
+
+    Example:
+        >>> import math, numpy as np
+        >>> from keras_inception.layers import ConstantPadding2D
+        >>> pad = ConstantPadding2D(((1, 0), (0, 2)), value=-math.inf,
+        ...                         data_format="channels_last")
+        >>> out = np.asarray(pad(np.ones((1, 2, 2, 1), "float32")))
+        >>> out.shape, out[0, 0, 0, 0], out[0, 1, 1, 0]
+        ((1, 3, 4, 1), np.float32(-inf), np.float32(1.0))
+    """
+
+    def __init__(self, padding, value=0.0, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = tuple(tuple(int(p) for p in side) for side in padding)
+        self.value = float(value)
+        self.data_format = data_format or keras.config.image_data_format()
+
+    def _pad_width(self):
+        (top, bottom), (left, right) = self.padding
+        if self.data_format == "channels_last":
+            return [(0, 0), (top, bottom), (left, right), (0, 0)]
+        return [(0, 0), (0, 0), (top, bottom), (left, right)]
+
+    def call(self, inputs):
+        return keras.ops.pad(inputs, self._pad_width(), constant_values=self.value)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(None if dim is None else dim + before + after
+                     for dim, (before, after) in zip(input_shape, self._pad_width()))
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "value": self.value,
+                "data_format": self.data_format}
+
+
 def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
             activation="relu"):
     """Convolution (no bias) + BatchNormalization + activation.
 
     Creates ``{name}_conv``, ``{name}_bn`` and, unless ``activation`` is None,
-    ``{name}_act``.
+    ``{name}_act``; a numeric ``padding`` (torch's symmetric zeros) adds
+    ``{name}_pad`` before a valid convolution.
     """
+    if not isinstance(padding, str):
+        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+        padding = "valid"
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
                       use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(axis=channel_axis(), scale=norm.scale,
@@ -83,14 +159,59 @@ def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
     return x
 
 
-def pool(x, kind, size, *, name, strides=1, padding="same"):
-    """Max or average pooling; ``kind`` is ``"max"`` or ``"avg"``."""
+def pool(x, kind, size, *, name, strides=1, padding="same", ceil_mode=False):
+    """Max or average pooling; ``kind`` is ``"max"`` or ``"avg"``.
+
+    ``padding`` is ``"same"``, ``"valid"`` or, with ``ceil_mode``, torch's: see
+    :class:`Pool`. Torch's padding is a ``{name}_pad`` layer before a valid pool.
+    """
+    if kind not in ("max", "avg"):
+        raise ValueError(f"Unknown pooling kind {kind!r}: use 'max' or 'avg'.")
+    if ceil_mode and padding == "same":
+        raise ValueError("ceil_mode is torch's: give torch's padding (a number).")
+    if ceil_mode or not isinstance(padding, str):
+        x = _torch_pool_padding(x, kind, size, strides, 0 if padding == "valid"
+                                else int(padding), ceil_mode, name=f"{name}_pad")
+        padding = "valid"
     if kind == "max":
         return layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
     if kind == "avg":
         return layers.AveragePooling2D(size, strides=strides, padding=padding,
                                        name=name)(x)
-    raise ValueError(f"Unknown pooling kind {kind!r}: use 'max' or 'avg'.")
+
+
+def _torch_pool_padding(x, kind, size, strides, pad, ceil_mode, *, name):
+    """Torch pooling's padding, explicit: ``pad`` on every side and, with
+    ``ceil_mode``, ``strides - 1`` more after, which keeps the partial last window
+    torch keeps (``ceil((n + 2 pad - size) / strides) + 1`` outputs).
+
+    Exact where torch never drops a window starting in the padding: without
+    padding (``size >= strides``) or at stride 1; other cases raise.
+    """
+    extra = strides - 1 if ceil_mode else 0
+    if extra and (pad or kind != "max" or size < strides):
+        raise ValueError(
+            f"ceil_mode is emulated for max pooling without padding only (got "
+            f"{kind} pooling, size {size}, strides {strides}, padding {pad}).")
+    if not pad and not extra:
+        return x
+    sides = ((pad, pad + extra), (pad, pad + extra))
+    if kind == "avg":  # count_include_pad=True: zeros enter the average
+        return layers.ZeroPadding2D(sides, name=name)(x)
+    return ConstantPadding2D(sides, value=-math.inf, name=name)(x)
+
+
+def map_ops(ops: Sequence[Op], fn) -> tuple:
+    """``ops`` with every :class:`Conv` and :class:`Pool` replaced by ``fn(op)``
+    (inside :class:`Fork` paths too): one topology, another arithmetic."""
+    out = []
+    for op in ops:
+        if isinstance(op, Fork):
+            out.append(dataclasses.replace(
+                op, paths=tuple(map_ops(path, fn) for path in op.paths)))
+        else:
+            out.append(fn(op))
+    return tuple(out)
 
 
 def apply_ops(x, ops: Sequence[Op], *, prefix, norm):
@@ -105,7 +226,7 @@ def apply_ops(x, ops: Sequence[Op], *, prefix, norm):
                         padding=op.padding, name=name, norm=norm)
         elif isinstance(op, Pool):
             x = pool(x, op.kind, op.size, strides=op.strides, padding=op.padding,
-                     name=name)
+                     ceil_mode=op.ceil_mode, name=name)
         elif isinstance(op, Fork):
             outs = [apply_ops(x, path, prefix=prefix, norm=norm) for path in op.paths]
             x = layers.Concatenate(axis=channel_axis(), name=name)(outs)

@@ -153,11 +153,13 @@ _ENTRIES = (
                  notop_md5="b0042744bf5b25fce3cb969f33bebb97", top1=79.0, top5=94.5,
                  licence="MIT", source="keras.applications"),
     WeightsEntry("xception", "timm",
-                 f"{_HF}/timm/legacy_xception.tf_in1k/resolve/main/model.safetensors",
-                 "safetensors", "timm",
+                 "https://github.com/rwightman/pytorch-image-models/releases/download/"
+                 "v0.1-cadene/xception-43020ad28.pth", "torch", "timm",
+                 sha256_prefix="43020ad28", crop_fraction=0.8975, interpolation="bicubic",
                  model_kwargs=(("arithmetic", "torch"), ("bn_epsilon", 1e-5)),
-                 licence="Apache-2.0",
-                 source="timm legacy_xception (Keras weights ported to torch)"),
+                 top1=79.05, top5=94.4, licence="unknown (Cadene's port of the Keras "
+                 "weights, MIT)", source="timm legacy_xception (Keras weights ported to "
+                 "torch by Cadene)"),
 )
 
 WEIGHTS: Dict[str, Dict[str, WeightsEntry]] = {}

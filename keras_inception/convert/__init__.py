@@ -83,7 +83,10 @@ def _head_keys_absent_from(model, model_name, layout) -> set:
 
     present = {layer.name for layer in model.layers}
     rows = load_manifest(model_name)["layouts"][layout]
-    return {key for key, _, layer, _, _ in rows if _is_head(layer) and layer not in present}
+    # Bookkeeping rows (num_batches_tracked) name no layer: those of absent heads
+    # are as ignorable as the heads' weights.
+    return {key for key, _, layer, _, transform in rows
+            if (_is_head(layer) and layer not in present) or transform == refmaps.SKIP}
 
 
 def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
