@@ -27,8 +27,10 @@ class WeightFileError(ValueError):
     """A weight file that cannot be read or does not fit the model."""
 
 
-def _is_classifier(layer_name: str) -> bool:
-    return layer_name == "predictions" or layer_name.endswith("_predictions")
+def is_classifier_layer(layer_name) -> bool:
+    """A layer with one output per class: the classifier or an aux head's."""
+    return bool(layer_name) and (layer_name == "predictions" or
+                                 layer_name.endswith("_predictions"))
 
 
 def _read_keras3(f) -> Dict[str, List[np.ndarray]]:
@@ -90,10 +92,10 @@ def _plan_by_name(model, found: Dict[str, List[np.ndarray]], skip_missing):
         else:
             missing.append(layer.name)
     extra = [name for name in found if name not in {l.name for l in model.layers}]
-    extra_heads = [n for n in extra if _is_classifier(n)]
-    other_extra = [n for n in extra if n not in extra_heads and not _is_head_part(n)]
+    extra_heads = [n for n in extra if is_classifier_layer(n)]
+    other_extra = [n for n in extra if n not in extra_heads and not is_head_layer(n)]
     if missing and not skip_missing:
-        head = [n for n in missing if _is_classifier(n)]
+        head = [n for n in missing if is_classifier_layer(n)]
         if head:
             raise WeightFileError(
                 f"The weight file has no weights for the classifier layer(s) {head}: "
@@ -113,9 +115,10 @@ def _plan_by_name(model, found: Dict[str, List[np.ndarray]], skip_missing):
     return plan
 
 
-def _is_head_part(name: str) -> bool:
+def is_head_layer(layer_name) -> bool:
     """Head layers a headless model may ignore (classifier, aux heads)."""
-    return name.startswith("aux") or _is_classifier(name)
+    return bool(layer_name) and (layer_name.startswith("aux") or
+                                 is_classifier_layer(layer_name))
 
 
 def _plan_by_order(model, layers, order: List[str]):
@@ -127,7 +130,7 @@ def _plan_by_order(model, layers, order: List[str]):
             f"expects {len(targets)}: was it saved with include_top=False? Build the "
             f"model with include_top=False to load it.")
     if len(layers) > len(targets):
-        heads = [l for l in targets if not _is_classifier(l.name)]
+        heads = [l for l in targets if not is_classifier_layer(l.name)]
         if len(layers) - len(targets) == 1 and len(heads) == len(targets):
             layers = layers[:len(targets)]  # the file's classifier; headless model
         else:
@@ -144,7 +147,7 @@ def check_plan(plan):
         got = [tuple(a.shape) for a in arrays]
         if expected == got:
             continue
-        if _is_classifier(layer.name) and len(expected) == len(got) and \
+        if is_classifier_layer(layer.name) and len(expected) == len(got) and \
                 expected[0][:-1] == got[0][:-1]:
             raise WeightFileError(
                 f"The weight file's classifier {layer.name!r} has {got[0][-1]} classes "
@@ -190,7 +193,7 @@ def load_weights(model, path, *, info=None, skip_missing=False):
         plan = _plan_by_name(model, content, skip_missing)
     else:
         ours = {layer.name for layer in model.layers}
-        if all(name in ours or _is_head_part(name) for name, _ in content):
+        if all(name in ours or is_head_layer(name) for name, _ in content):
             plan = _plan_by_name(model, dict(content), skip_missing)
         else:
             plan = _plan_by_order(model, content, _legacy_order(model, info))

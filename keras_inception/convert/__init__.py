@@ -23,7 +23,8 @@ import numpy as np
 
 from keras_inception import refmaps
 from keras_inception.convert import readers
-from keras_inception.weights_io import WeightFileError, check_plan
+from keras_inception.weights_io import (
+    WeightFileError, check_plan, is_classifier_layer, is_head_layer)
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,6 @@ def _classes(model) -> Optional[int]:
     return int(head.weights[0].shape[-1]) if head is not None else None
 
 
-def _is_head(layer_name: Optional[str]) -> bool:
-    return bool(layer_name) and (layer_name == "predictions" or
-                                 layer_name.startswith("aux"))
-
-
-def _is_classifier(layer_name: Optional[str]) -> bool:
-    """The layers with one output per class (where TF-Slim's background class is)."""
-    return bool(layer_name) and (layer_name == "predictions" or
-                                 layer_name.endswith("_predictions"))
-
-
 def _head_keys_absent_from(model, model_name, layout) -> set:
     """Upstream keys of heads (classifier, aux) that ``model`` was built without."""
     from keras_inception.manifest import load_manifest
@@ -86,7 +76,7 @@ def _head_keys_absent_from(model, model_name, layout) -> set:
     # Bookkeeping rows (num_batches_tracked) name no layer: those of absent heads
     # are as ignorable as the heads' weights.
     return {key for key, _, layer, _, transform in rows
-            if (_is_head(layer) and layer not in present) or transform == refmaps.SKIP}
+            if (is_head_layer(layer) and layer not in present) or transform == refmaps.SKIP}
 
 
 def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
@@ -111,7 +101,7 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
         if tensor is None:
             if entry.transform == refmaps.SKIP:
                 continue  # bookkeeping some exports leave out (num_batches_tracked)
-            if _is_head(entry.layer) and entry.layer != "predictions":
+            if is_head_layer(entry.layer) and entry.layer != "predictions":
                 if skip_missing:
                     continue
                 raise ConversionError(
@@ -123,7 +113,7 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
                 f"{entry.layer!r}): it is not a {layout} {name} checkpoint, or it was "
                 f"saved without that part.")
         if tuple(tensor.shape) != entry.shape:
-            if _is_head(entry.layer):
+            if is_head_layer(entry.layer):
                 raise ConversionError(
                     f"The checkpoint's classifier tensor {entry.key!r} has shape "
                     f"{tuple(tensor.shape)}, the model's {entry.shape}: build the model "
@@ -136,7 +126,7 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
         if entry.transform == refmaps.SKIP:
             continue
         value = refmaps.apply_transform(np.asarray(tensor), entry.transform)
-        if drop_background and _is_classifier(entry.layer):
+        if drop_background and is_classifier_layer(entry.layer):
             value = value[..., 1:]
         if entry.transform == refmaps.FOLD_GAMMA:
             gammas[entry.layer] = value
@@ -164,7 +154,7 @@ def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
         if not layer.weights:
             continue
         if layer.name not in values:
-            if skip_missing and _is_head(layer.name):
+            if skip_missing and is_head_layer(layer.name):
                 continue
             raise ConversionError(
                 f"The checkpoint has no weights for our layer {layer.name!r}"
