@@ -226,8 +226,8 @@ def weights_file(entry: WeightsEntry, *, include_top: bool = True,
     """A local weights file for ``entry``: downloaded, verified, converted, cached.
 
     Keras files are used as published; other formats are converted once into our
-    ``.weights.h5``, cached under a key made of the source file's SHA-256, the class
-    count and :data:`CONVERTER_VERSION`, so the second load needs no network and no
+    ``.weights.h5``, cached under a key made of the source file's hash (the pinned
+    one, else its SHA-256), the class count and :data:`CONVERTER_VERSION`, so the second load needs no network and no
     conversion.
     """
     from keras_inception import download
@@ -241,7 +241,10 @@ def weights_file(entry: WeightsEntry, *, include_top: bool = True,
                             sha256_prefix=entry.sha256_prefix,
                             filename=f"{entry.model}-{entry.tag}-{entry.filename}",
                             subdir=f"downloads/{entry.model}")
-    digest = download.file_hash(source, "sha256")[:16]
+    # fetch() has just verified a pinned hash: key on it rather than hashing the
+    # file a second time on every load; only unpinned files are hashed here.
+    digest = (entry.sha256 or entry.sha256_prefix or entry.md5
+              or download.file_hash(source, "sha256"))[:16]
     classes = classes if classes in (1000, 1001) else 1000
     key = f"{entry.model}-{entry.tag}-{digest}-c{classes}-v{CONVERTER_VERSION}"
 

@@ -164,6 +164,14 @@ def check_plan(plan):
             f"the model expects {expected}.{hint} Nothing was loaded.")
 
 
+def assign_plan(plan):
+    """Checks every ``(layer, arrays)`` of ``plan``, then assigns them all: a plan
+    that does not fit raises before any weight changes."""
+    check_plan(plan)
+    for layer, arrays in plan:
+        layer.set_weights(arrays)
+
+
 def load_weights(model, path, *, info=None, skip_missing=False):
     """Loads a weight file into ``model`` after checking every tensor.
 
@@ -197,9 +205,7 @@ def load_weights(model, path, *, info=None, skip_missing=False):
             plan = _plan_by_name(model, dict(content), skip_missing)
         else:
             plan = _plan_by_order(model, content, _legacy_order(model, info))
-    check_plan(plan)
-    for layer, arrays in plan:
-        layer.set_weights(arrays)
+    assign_plan(plan)
 
 
 def _legacy_order(model, info) -> List[str]:

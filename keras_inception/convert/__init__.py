@@ -24,7 +24,7 @@ import numpy as np
 from keras_inception import refmaps
 from keras_inception.convert import readers
 from keras_inception.weights_io import (
-    WeightFileError, check_plan, is_classifier_layer, is_head_layer)
+    WeightFileError, assign_plan, is_classifier_layer, is_head_layer)
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,7 @@ def convert_file(path, model_name: str, out: str, *, layout=None, fmt=None,
     model = info.constructor(input_shape=(None, None, 3), classes=classes or 1000,
                              **kwargs)
     plan, report = plan_from_tensors(model, tensors, layout, model_name=info.name)
-    check_plan(plan)
-    for layer, arrays in plan:
-        layer.set_weights(arrays)
+    assign_plan(plan)
     model.save_weights(out)
     return {**report, "aux": bool(kwargs), "out": out}
 
@@ -248,8 +246,6 @@ def load_upstream(model, path, *, layout=None, fmt=None, model_name=None,
     tensors = readers.read(path, fmt)
     plan, report = plan_from_tensors(model, tensors, layout, model_name=name,
                                      skip_missing=skip_missing)
-    check_plan(plan)
-    for layer, arrays in plan:
-        layer.set_weights(arrays)
+    assign_plan(plan)
     log.info("Loaded %s (%s layout): %s", path, layout, report)
     return report
