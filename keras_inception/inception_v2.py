@@ -82,11 +82,7 @@ def _stem_conv(x, name="conv2d_1a_7x7"):
 
 
 def _body(x, norm):
-    x = _stem_conv(x)
-    x = L.apply_ops(x, _STEM, prefix="", norm=norm)
-    for name, branches in MODULES:
-        x = L.inception_module(x, branches, name=name, norm=norm)
-    return x, {}
+    return L.stem_and_modules(_stem_conv(x), _STEM, MODULES, norm=norm)
 
 
 @base.pretrained_constructor

@@ -120,13 +120,8 @@ def _make_body(arithmetic):
             for name, branches in MODULES)
 
     def body(x, norm):
-        x = L.apply_ops(x, _STEM, prefix="", norm=norm)
-        taps = {}
-        for name, branches in modules:
-            x = L.inception_module(x, branches, name=name, norm=norm)
-            if name == "mixed_6e":
-                taps["aux"] = x
-        return x, taps
+        return L.stem_and_modules(x, _STEM, modules, norm=norm,
+                                  aux_taps={"mixed_6e": "aux"})
     return body
 
 

@@ -106,13 +106,8 @@ MODULES = (
 
 
 def _body(x, norm):
-    x = L.apply_ops(x, _STEM, prefix="", norm=norm)
-    taps = {}
-    for name, branches in MODULES:
-        x = L.inception_module(x, branches, name=name, norm=norm)
-        if name == "mixed_6h":
-            taps["aux"] = x
-    return x, taps
+    return L.stem_and_modules(x, _STEM, MODULES, norm=norm,
+                              aux_taps={"mixed_6h": "aux"})
 
 
 @base.pretrained_constructor

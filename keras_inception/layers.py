@@ -269,6 +269,21 @@ def inception_module(x, branches, *, name, norm):
     return branches_concat(x, branches, name=name, norm=norm)
 
 
+def stem_and_modules(x, stem, modules, *, norm, aux_taps=None):
+    """A stem (ops) then named Inception modules in sequence.
+
+    Returns ``(features, taps)``: ``aux_taps`` maps a module name to the aux head
+    that reads its output (``{"mixed_6e": "aux"}``).
+    """
+    x = apply_ops(x, stem, prefix="", norm=norm)
+    taps = {}
+    for name, branches in modules:
+        x = inception_module(x, branches, name=name, norm=norm)
+        if aux_taps and name in aux_taps:
+            taps[aux_taps[name]] = x
+    return x, taps
+
+
 @keras.saving.register_keras_serializable(package="keras_inception")
 class ScaledResidual(layers.Layer):
     """``shortcut + scale * residual``: the residual scaling of Inception-ResNet.

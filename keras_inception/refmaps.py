@@ -174,7 +174,3 @@ def build_layout(model, rules: Callable[[LayoutBuilder], None], classes_offset=0
     builder = LayoutBuilder(model, classes_offset=classes_offset)
     rules(builder)
     return builder.entries
-
-
-def mapped_weights(entries) -> set:
-    return {(e.layer, e.weight) for e in entries if e.layer is not None}
