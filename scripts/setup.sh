@@ -7,4 +7,7 @@ PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[all,test]"
+# Its only declared requirement we lack is the `tensorflow` wheel (we have
+# tensorflow-cpu); its protos need nothing else.
+.venv/bin/python -m pip install -q -c constraints/cpu.txt --no-deps tensorflow-serving-api
 echo "Installed into $(pwd)/.venv"
