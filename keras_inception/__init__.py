@@ -1,5 +1,6 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
+from keras_inception import transfer
 from keras_inception.features import feature_extractor
 from keras_inception.googlenet import GoogLeNet, InceptionV1
 from keras_inception.inception_v2 import InceptionV2

@@ -107,15 +107,19 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
                                 classifier_activation=classifier_activation,
                                 dropout_rate=dropout_rate)
     if aux_logits:
-        heads = {"logits": outputs}
-        for head in info.aux_heads:
-            heads[head] = info.aux_builder(taps[head], classes, name=head, norm=norm,
-                                           classifier_activation=classifier_activation)
-        outputs = heads
+        outputs = {"logits": outputs, **add_aux_heads(
+            info, taps, classes, norm=norm, classifier_activation=classifier_activation)}
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
         load_weights_file(model, weights, info)
     return model
+
+
+def add_aux_heads(info: ModelInfo, taps, classes, *, norm, classifier_activation):
+    """``{head: output}``: the family's auxiliary classifiers on ``taps[head]``."""
+    return {head: info.aux_builder(taps[head], classes, name=head, norm=norm,
+                                   classifier_activation=classifier_activation)
+            for head in info.aux_heads}
 
 
 def _is_weights_path(weights) -> bool:

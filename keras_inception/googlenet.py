@@ -277,6 +277,7 @@ INFO = register(ModelInfo(
     min_size=1,
     aux_min_size=17,
     aux_heads=("aux1", "aux2"),
+    aux_taps=tuple((head, module) for module, head in AUX_TAPS.items()),
     aux_builder=L.aux_head_v1,
     stages=(
         Stage("conv", "conv2d_1a_7x7_act", 2),

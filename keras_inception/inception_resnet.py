@@ -294,6 +294,8 @@ INFO_V2 = register(ModelInfo(
     keras_applications="InceptionResNetV2",
     aux_heads=("aux",),
     aux_builder=L.aux_head,
+    # TF-Slim's PreAuxLogits: the output of the last block_b repeat.
+    aux_taps=(("aux", f"{V2.block_b.block}_{V2.block_b.count}_act"),),
     stages=_stages(V2),
     paper=_PAPER,
 ))

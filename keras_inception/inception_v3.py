@@ -25,6 +25,10 @@ from keras_inception.registry import ModelInfo, Stage, register
 _AVG = Pool("avgpool_0a_3x3", "avg")
 
 
+# The module whose output the auxiliary classifier reads.
+AUX_TAPS = {"mixed_6e": "aux"}
+
+
 def _block_35(pool_filters, slim_quirk=False):
     """Mixed_5b-d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 (5x5 factorised)."""
     b1 = ((Conv("conv2d_0b_1x1", 48, 1), Conv("conv_1_0c_5x5", 64, 5)) if slim_quirk
@@ -121,7 +125,7 @@ def _make_body(arithmetic):
 
     def body(x, norm):
         return L.stem_and_modules(x, _STEM, modules, norm=norm,
-                                  aux_taps={"mixed_6e": "aux"})
+                                  aux_taps=AUX_TAPS)
     return body
 
 
@@ -245,6 +249,7 @@ INFO = register(ModelInfo(
     aux_min_size=299,
     keras_applications="InceptionV3",
     aux_heads=("aux",),
+    aux_taps=tuple((head, module) for module, head in AUX_TAPS.items()),
     aux_builder=L.aux_head,
     stages=(
         Stage("conv", "conv2d_2b_3x3_act", 2),

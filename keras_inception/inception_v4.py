@@ -18,6 +18,10 @@ _AVG = Pool("avgpool_0a_3x3", "avg")
 _MAX_1A = Pool("maxpool_1a_3x3", "max", 3, strides=2, padding="valid")
 
 
+# The module whose output the auxiliary classifier reads.
+AUX_TAPS = {"mixed_6h": "aux"}
+
+
 def _split(a, b, filters=256):
     """Parallel 1x3 and 3x1 convolutions, concatenated (Inception-C)."""
     return Fork("concat", ((Conv(a, filters, (1, 3)),), (Conv(b, filters, (3, 1)),)))
@@ -107,7 +111,7 @@ MODULES = (
 
 def _body(x, norm):
     return L.stem_and_modules(x, _STEM, MODULES, norm=norm,
-                              aux_taps={"mixed_6h": "aux"})
+                              aux_taps=AUX_TAPS)
 
 
 @base.pretrained_constructor
@@ -160,6 +164,7 @@ INFO = register(ModelInfo(
     min_size=75,
     aux_min_size=299,
     aux_heads=("aux",),
+    aux_taps=tuple((head, module) for module, head in AUX_TAPS.items()),
     aux_builder=L.aux_head,
     stages=(
         Stage("conv", "conv2d_2b_3x3_act", 2),

@@ -27,6 +27,7 @@ class ModelInfo:
         aux_min_size: smallest input side with ``aux_logits=True``.
         aux_heads: names of the auxiliary outputs, ``()`` if the paper has none.
         aux_builder: builds one auxiliary head (see :mod:`keras_inception.layers`).
+        aux_taps: ``(head, layer)`` pairs: the layer each auxiliary head reads.
         stages: ordered stages from input to output; one is named ``"stem"``.
         aliases: other registry names.
         keras_applications: name of the keras.applications model with the same
@@ -41,6 +42,7 @@ class ModelInfo:
     aux_min_size: int = 0
     aux_heads: Tuple[str, ...] = ()
     aux_builder: Optional[Callable] = None
+    aux_taps: Tuple[Tuple[str, str], ...] = ()
     stages: Tuple[Stage, ...] = ()
     aliases: Tuple[str, ...] = ()
     keras_applications: str = ""

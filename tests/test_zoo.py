@@ -53,6 +53,11 @@ def test_aux_heads(model_name):
     out = predict(model, reference_images(1, info.aux_min_size))
     for head in ("logits", *info.aux_heads):
         assert out[head].shape == (1, 1000) and np.all(np.isfinite(out[head]))
+    # ModelInfo.aux_taps (used by transfer.with_aux_heads) names what each head reads.
+    assert [head for head, _ in info.aux_taps] == list(info.aux_heads)
+    for head, tap in info.aux_taps:
+        entry = [l for l in model.layers if l.name.startswith(f"{head}_")][0]
+        assert entry.input._keras_history.operation.name == tap, (head, tap)
     with pytest.raises(ValueError, match=f"aux_logits=True needs inputs of at least"):
         info.constructor(input_shape=(info.aux_min_size - 1,) * 2 + (3,), aux_logits=True)
     with pytest.raises(ValueError, match="needs include_top=True"):
