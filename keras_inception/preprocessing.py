@@ -42,7 +42,7 @@ _FAMILY_DEFAULT_MODE = "inception"
 # Where a model built with named weights records their mode (see attach_preprocessing).
 MODEL_ATTRIBUTE = "_keras_inception_preprocessing"
 
-_DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+_DATA_DIR = os.path.join(os.path.dirname(__file__), "resources")
 _BACKGROUND = ("background", "background")
 
 
