@@ -256,3 +256,82 @@ def weights_file(entry: WeightsEntry, *, include_top: bool = True,
 
     return download.cached_or_build(key, build, subdir="converted",
                                     suffix=".weights.h5")
+
+
+def find_weights_entry(model: str, weights) -> Optional[WeightsEntry]:
+    """The entry ``weights`` names for ``model``, or None.
+
+    None for ``weights=None``, for a path to an existing file, and for a name the
+    family has no entry for (the constructor then reports the unknown name, or
+    :func:`create_or_random` falls back). Recipes read an entry's input size, crop
+    and preprocessing from it before building anything.
+
+    Example:
+        >>> from keras_inception.pretrained import find_weights_entry
+        >>> find_weights_entry("inception_v3", "imagenet").input_size
+        299
+        >>> find_weights_entry("inception_resnet_v1", "imagenet") is None
+        True
+    """
+    import os
+
+    if weights is None or os.path.exists(os.fspath(weights)):
+        return None
+    try:
+        return get_weights_entry(model, weights)
+    except ValueError:
+        return None
+
+
+def _offline_reason(err) -> str:
+    from keras_inception.download import ENV_OFFLINE
+    import os
+
+    if os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0"):
+        return f"{ENV_OFFLINE} is set"
+    return str(err).splitlines()[0]
+
+
+def create_or_random(model: str, weights="imagenet", *, print_fn=print, **kwargs):
+    """``create_model(model, weights=weights, **kwargs)``, else random weights, said.
+
+    For recipes that must run end to end on a machine without network: when named
+    weights cannot be downloaded, or the family has no weights of that name, one
+    line says so (with where to put the file by hand) and the model is built with
+    random initialisation; likewise for a family that has no published weights
+    (Inception-ResNet-v1). Every other error (an unknown weights name, bad
+    arguments, a corrupt file) is raised as usual.
+
+    Returns:
+        ``(model, weights_used)``: ``weights_used`` is None when the weights are
+        random.
+
+    Example:
+        >>> from keras_inception.pretrained import create_or_random
+        >>> model, used = create_or_random("inception_resnet_v1", "imagenet",
+        ...                                include_top=False, input_shape=(75, 75, 3))
+        Weights: inception_resnet_v1 has no published weights; starting from RANDOM initialisation instead.
+        >>> used is None
+        True
+    """
+    from keras_inception import download, registry
+
+    name = registry.get_model_info(model).name
+    if isinstance(weights, str) and not WEIGHTS.get(name) and not _looks_like_path(weights):
+        print_fn(f"Weights: {name} has no published weights; starting from RANDOM "
+                 f"initialisation instead.")
+        return registry.create_model(name, weights=None, **kwargs), None
+    try:
+        return registry.create_model(name, weights=weights, **kwargs), weights
+    except download.DownloadError as err:
+        print_fn(f"Weights: could not download the {weights!r} weights of {name} "
+                 f"({_offline_reason(err)}); starting from RANDOM initialisation "
+                 f"instead. To use them, put {err.url} at {err.path} by hand.")
+        return registry.create_model(name, weights=None, **kwargs), None
+
+
+def _looks_like_path(weights: str) -> bool:
+    import os
+
+    return os.path.exists(weights) or os.path.sep in weights or weights.endswith(
+        (".h5", ".keras", ".safetensors", ".pth", ".pt", ".ckpt", ".gz", ".index"))
