@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 import keras_inception
-from keras_inception import preprocessing
+from keras_inception import cli, preprocessing
 
 
 def _parser():
@@ -51,13 +51,8 @@ def _parser():
     return parser
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _fail(message: str) -> int:
-    print(f"predict.py: error: {message}", file=sys.stderr)
-    return 2
+    return cli.fail("predict.py", message)
 
 
 def _build(args, size, weights):
@@ -100,7 +95,7 @@ def main(argv=None) -> int:
     try:
         info = keras_inception.get_model_info(args.model)
     except ValueError as err:
-        return _fail(_one_line(err))
+        return _fail(cli.one_line(err))
     weights = None if args.weights.lower() == "none" else args.weights
     entry = _weights_entry(info.name, weights)
     size = args.size if args.size is not None else (
@@ -117,14 +112,14 @@ def main(argv=None) -> int:
                                      data_format=data_format)
             for path in args.images])
     except (OSError, ValueError, ImportError) as err:
-        return _fail(_one_line(err))
+        return _fail(cli.one_line(err))
 
     try:
         model = _build(args, size, weights)
     # Deliberately broad: keras.utils.get_file reports a failed download as a bare
     # Exception, and any failure here is the user's to fix (weights, size, classes).
     except Exception as err:  # noqa: BLE001
-        return _fail(_one_line(err) + _weights_hint(err, weights))
+        return _fail(cli.one_line(err) + _weights_hint(err, weights))
 
     mode = args.preprocessing or preprocessing.preprocessing_for(model,
                                                                  weights_entry=entry)
