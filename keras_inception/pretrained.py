@@ -292,7 +292,8 @@ def _offline_reason(err) -> str:
     return str(err).splitlines()[0]
 
 
-def create_or_random(model: str, weights="imagenet", *, print_fn=print, **kwargs):
+def create_or_random(model: str, weights="imagenet", *, print_fn=print, note: str = "",
+                     **kwargs):
     """``create_model(model, weights=weights, **kwargs)``, else random weights, said.
 
     For recipes that must run end to end on a machine without network: when named
@@ -301,6 +302,13 @@ def create_or_random(model: str, weights="imagenet", *, print_fn=print, **kwargs
     random initialisation; likewise for a family that has no published weights
     (Inception-ResNet-v1). Every other error (an unknown weights name, bad
     arguments, a corrupt file) is raised as usual.
+
+    Args:
+        model: a registry name or alias.
+        weights: a weights name, a weight file, or None.
+        print_fn: where the fallback line goes.
+        note: appended to that line (what random weights mean for the caller).
+        **kwargs: the constructor's other arguments.
 
     Returns:
         ``(model, weights_used)``: ``weights_used`` is None when the weights are
@@ -319,14 +327,15 @@ def create_or_random(model: str, weights="imagenet", *, print_fn=print, **kwargs
     name = registry.get_model_info(model).name
     if isinstance(weights, str) and not WEIGHTS.get(name) and not _looks_like_path(weights):
         print_fn(f"Weights: {name} has no published weights; starting from RANDOM "
-                 f"initialisation instead.")
+                 f"initialisation instead.{note and ' ' + note}")
         return registry.create_model(name, weights=None, **kwargs), None
     try:
         return registry.create_model(name, weights=weights, **kwargs), weights
     except download.DownloadError as err:
         print_fn(f"Weights: could not download the {weights!r} weights of {name} "
                  f"({_offline_reason(err)}); starting from RANDOM initialisation "
-                 f"instead. To use them, put {err.url} at {err.path} by hand.")
+                 f"instead.{note and ' ' + note} To use them, put {err.url} at "
+                 f"{err.path} by hand.")
         return registry.create_model(name, weights=None, **kwargs), None
 
 

@@ -1338,7 +1338,8 @@ def build_classifier(model_name: str, classes: int, *, image_size: int,
     # Offline: one line, and a random body (the run still shows the whole pipeline,
     # at chance-level accuracy).
     backbone, used = pretrained_lib.create_or_random(
-        info.name, weights, print_fn=print_fn, include_top=False, input_shape=shape)
+        info.name, weights, print_fn=print_fn, include_top=False, input_shape=shape,
+        note="Expect chance-level accuracy: the run shows the whole pipeline.")
     pretrained = used is not None
     model = transfer.replace_head(backbone, classes, dropout=dropout)
     if aux_heads:
