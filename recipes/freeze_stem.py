@@ -48,25 +48,13 @@ def _parser():
     parser.add_argument("--up-to", default="stem", metavar="STAGE",
                         help="freeze through the end of this stage (default: stem); "
                              "see get_model_info(MODEL).stages")
-    parser.add_argument("--data-dir", default=None,
-                        help="image folder, one subfolder per class (default: "
-                             "tf_flowers, else a generated dataset)")
-    parser.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
-                        help="classes to use, in label order (default: all)")
     parser.add_argument("--size", type=int, default=None,
                         help="input side (default: the weights' size, else the "
                              "model's canonical size)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.2,
                         help="dropout of the new head (default: 0.2)")
-    parser.add_argument("--synthetic-per-class", type=int, default=40,
-                        help="images per class of the generated dataset (default: 40)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-eagerly", action="store_true",
-                        help="no graph compilation: faster for a few tiny batches, "
-                             "slower for real runs")
+    cli.add_training_data_arguments(parser)
     parser.add_argument("--out-dir", default="freeze_stem",
                         help="output folder (default: ./freeze_stem)")
     return parser

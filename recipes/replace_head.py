@@ -63,19 +63,7 @@ def _parser():
     parser.add_argument("--epochs", type=int, default=0,
                         help="train the new head (body frozen) for this many epochs "
                              "(default: 0, no training)")
-    parser.add_argument("--data-dir", default=None,
-                        help="image folder for --epochs, one subfolder per class "
-                             "(default: tf_flowers, else a generated dataset)")
-    parser.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
-                        help="classes to use, in label order (default: all)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--synthetic-per-class", type=int, default=40,
-                        help="images per class of the generated dataset (default: 40)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-eagerly", action="store_true",
-                        help="no graph compilation: faster for a few tiny batches, "
-                             "slower for real runs")
+    cli.add_training_data_arguments(parser, data_help="image folder for --epochs")
     parser.add_argument("--out-dir", default="replace_head",
                         help="output folder (default: ./replace_head)")
     return parser
