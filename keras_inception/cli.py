@@ -41,3 +41,41 @@ def add_training_data_arguments(parser, *, data_help: str = "image folder") -> N
     parser.add_argument("--run-eagerly", action="store_true",
                         help="no graph compilation: faster for a few tiny batches, "
                              "slower for real runs")
+
+
+def model_from_argument(model: str, weights: str = "imagenet", size=None, *,
+                        print_fn=print):
+    """A recipe's ``--model``: a ``.keras`` file, or a registry name built with weights.
+
+    A registry name is built at ``size`` (default: the weights' input size, else
+    the family's canonical one) with ``weights`` (``"none"``: random), falling back
+    to random initialisation, said in one line, when they cannot be downloaded.
+
+    Returns:
+        ``(model, name, description)``: ``name`` is the registry name, or the file's
+        stem for a ``.keras`` file.
+
+    Raises:
+        FileNotFoundError: a ``.keras`` path that does not exist.
+        ValueError: an unknown model name.
+    """
+    import os
+
+    import keras
+
+    from keras_inception import pretrained, registry
+
+    if model.endswith(".keras") or os.path.isfile(model):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"No model file at {model!r}.")
+        stem = os.path.basename(model)[:-len(".keras")] or "model"
+        return keras.saving.load_model(model, compile=False), stem, model
+    info = registry.get_model_info(model)
+    weights = None if weights is None or weights.lower() == "none" else weights
+    entry = pretrained.find_weights_entry(info.name, weights)
+    size = size or (entry.input_size if entry else info.default_size)
+    shape = ((size, size, 3) if keras.config.image_data_format() == "channels_last"
+             else (3, size, size))
+    built, used = pretrained.create_or_random(info.name, weights, print_fn=print_fn,
+                                              input_shape=shape)
+    return built, info.name, f"{info.name} ({used or 'random'} weights)"

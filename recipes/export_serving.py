@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 import keras_inception
-from keras_inception import cli, data, export, preprocessing, pretrained, transfer
+from keras_inception import cli, data, export, preprocessing, transfer
 
 
 def _parser():
@@ -79,20 +79,7 @@ def _fail(message: str) -> int:
 
 def _load(args):
     """(model, served name, description) from a .keras file or a registry name."""
-    if args.model.endswith(".keras") or os.path.isfile(args.model):
-        if not os.path.isfile(args.model):
-            raise FileNotFoundError(f"No model file at {args.model!r}.")
-        model = keras.saving.load_model(args.model, compile=False)
-        name = os.path.basename(args.model)[:-len(".keras")] or "model"
-        return model, name, args.model
-    info = keras_inception.get_model_info(args.model)
-    weights = None if args.weights.lower() == "none" else args.weights
-    entry = pretrained.find_weights_entry(info.name, weights)
-    size = args.size or (entry.input_size if entry else info.default_size)
-    shape = ((size, size, 3) if keras.config.image_data_format() == "channels_last"
-             else (3, size, size))
-    model, used = pretrained.create_or_random(info.name, weights, input_shape=shape)
-    return model, info.name, f"{info.name} ({used or 'random'} weights)"
+    return cli.model_from_argument(args.model, args.weights, args.size)
 
 
 def _test_image(path, out_dir):
@@ -121,7 +108,7 @@ def _serving_commands(base, name, version, image_size) -> str:
     height, width = image_size
     return "\n".join([
         "Serve it with TensorFlow Serving (gRPC on 8500, REST on 8501):",
-        f"  docker run --rm -p 8500:8500 -p 8501:8501 \\",
+        "  docker run --rm -p 8500:8500 -p 8501:8501 \\",
         f"    --mount type=bind,source={source},target=/models/{name} \\",
         f"    -e MODEL_NAME={name} -t tensorflow/serving",
         "Then ask it, with an encoded image file:",

@@ -30,7 +30,7 @@ import sys
 import keras
 
 import keras_inception
-from keras_inception import cli, data, export, pretrained, training, transfer
+from keras_inception import cli, data, export, training, transfer
 from keras_inception.features import infer_info
 from keras_inception.manifest import body_layer_names
 
@@ -75,18 +75,8 @@ def _fail(message: str) -> int:
 
 def _load(args):
     """(model, description) from a .keras file or a registry name."""
-    if args.model.endswith(".keras") or os.path.isfile(args.model):
-        if not os.path.isfile(args.model):
-            raise FileNotFoundError(f"No model file at {args.model!r}.")
-        return keras.saving.load_model(args.model, compile=False), args.model
-    info = keras_inception.get_model_info(args.model)
-    weights = None if args.weights.lower() == "none" else args.weights
-    entry = pretrained.find_weights_entry(info.name, weights)
-    size = args.size or (entry.input_size if entry else info.default_size)
-    shape = ((size, size, 3) if keras.config.image_data_format() == "channels_last"
-             else (3, size, size))
-    model, used = pretrained.create_or_random(info.name, weights, input_shape=shape)
-    return model, f"{info.name} ({used or 'random'} weights)"
+    model, _, description = cli.model_from_argument(args.model, args.weights, args.size)
+    return model, description
 
 
 def _params(weights) -> int:
