@@ -17,3 +17,14 @@ from keras_inception.registry import (
     ModelInfo, Stage, create_model, get_model_info, list_models)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "GoogLeNet", "InceptionV1", "InceptionV2", "InceptionV3", "InceptionV4",
+    "InceptionResNetV1", "InceptionResNetV2", "Xception",
+    "ModelInfo", "Stage", "create_model", "get_model_info", "list_models",
+    "WeightsEntry", "get_weights_entry", "list_weights",
+    "WeightFileError", "load_weights",
+    "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
+    "preprocessing_for",
+    "feature_extractor", "ScaledResidual", "transfer",
+]

@@ -16,6 +16,8 @@ import keras
 from keras_inception import layers as L
 from keras_inception.registry import ModelInfo
 
+__all__ = ["add_aux_heads", "build_model", "pretrained_constructor"]
+
 
 def _spatial(shape):
     """(rows, cols) of a (H, W, C) or (C, H, W) shape in the current data format."""
@@ -28,7 +30,7 @@ def _display_name(info: ModelInfo) -> str:
     return info.constructor.__name__
 
 
-def resolve_input(info: ModelInfo, *, include_top, input_tensor, input_shape,
+def _resolve_input(info: ModelInfo, *, include_top, input_tensor, input_shape,
                   aux_logits):
     """Validates the input arguments and returns ``(model_inputs, image_tensor)``."""
     min_size = info.aux_min_size if aux_logits else info.min_size
@@ -65,7 +67,7 @@ def resolve_input(info: ModelInfo, *, include_top, input_tensor, input_shape,
     return image, image
 
 
-def check_arguments(info: ModelInfo, *, include_top, pooling, classes, aux_logits,
+def _check_arguments(info: ModelInfo, *, include_top, pooling, classes, aux_logits,
                     dropout_rate):
     if pooling not in L.POOLINGS:
         raise ValueError(
@@ -93,12 +95,51 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
     With ``aux_logits=True`` the model returns a dict ``{"logits": ..., "aux": ...}``
     (``aux1``/``aux2`` for GoogLeNet), so ``compile(loss={...})`` addresses heads
     by name.
+
+    Args:
+        info: the family's :class:`~keras_inception.registry.ModelInfo` (input
+            sizes, aux heads and their builder).
+        body: ``body(image, norm) -> (features, taps)``, the family's topology.
+        include_top: add the classifier (``avg_pool``, ``dropout``,
+            ``predictions``).
+        weights: None, or a weight file (a weights *name* is resolved by
+            :func:`pretrained_constructor` before this is called).
+        input_tensor: a Keras tensor to build on, or None.
+        input_shape: the image shape, or None for the family's default.
+        pooling: without the top: None, ``"avg"`` or ``"max"``.
+        classes: the classifier's class count.
+        classifier_activation: its activation (None for logits).
+        dropout_rate: dropout before the classifier, in [0, 1).
+        aux_logits: add the family's auxiliary classifiers.
+        name: the Keras model name.
+        norm: the :class:`~keras_inception.layers.Norm` settings passed to ``body``.
+
+    Returns:
+        The ``keras.Model``, with ``weights`` loaded.
+
+    Raises:
+        ValueError: an argument out of range, an input below the family's minimum
+            size, or ``weights`` that is neither None nor a file.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.base import build_model
+        >>> from keras_inception.registry import get_model_info
+        >>> def body(image, norm):
+        ...     return keras.layers.Conv2D(8, 3, name="conv")(image), {}
+        >>> model = build_model(
+        ...     get_model_info("googlenet"), body, include_top=True, weights=None,
+        ...     input_tensor=None, input_shape=(32, 32, 3), pooling=None, classes=4,
+        ...     classifier_activation=None, dropout_rate=0.0, aux_logits=False,
+        ...     name="tiny", norm=None)
+        >>> model.output_shape, model.get_layer("predictions").units
+        ((None, 4), 4)
     """
-    check_arguments(info, include_top=include_top, pooling=pooling, classes=classes,
+    _check_arguments(info, include_top=include_top, pooling=pooling, classes=classes,
                     aux_logits=aux_logits, dropout_rate=dropout_rate)
     if weights is not None:
         _check_weights_path(info, weights)
-    inputs, image = resolve_input(info, include_top=include_top,
+    inputs, image = _resolve_input(info, include_top=include_top,
                                   input_tensor=input_tensor, input_shape=input_shape,
                                   aux_logits=aux_logits)
     features, taps = body(image, norm)
@@ -111,12 +152,35 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
             info, taps, classes, norm=norm, classifier_activation=classifier_activation)}
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        load_weights_file(model, weights, info)
+        _load_weights_file(model, weights, info)
     return model
 
 
 def add_aux_heads(info: ModelInfo, taps, classes, *, norm, classifier_activation):
-    """``{head: output}``: the family's auxiliary classifiers on ``taps[head]``."""
+    """``{head: output}``: the family's auxiliary classifiers on ``taps[head]``.
+
+    Args:
+        info: the family's :class:`~keras_inception.registry.ModelInfo`.
+        taps: ``{head name: tensor it reads}`` for every head of ``info.aux_heads``.
+        classes: the heads' class count.
+        norm: the body's :class:`~keras_inception.layers.Norm`.
+        classifier_activation: the heads' activation (None for logits).
+
+    Returns:
+        ``{head name: output tensor}``.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.base import add_aux_heads
+        >>> from keras_inception.layers import Norm
+        >>> from keras_inception.registry import get_model_info
+        >>> tap = keras.Input((4, 4, 512))
+        >>> heads = add_aux_heads(get_model_info("googlenet"),
+        ...                       {"aux1": tap, "aux2": tap}, 7, norm=Norm(),
+        ...                       classifier_activation=None)
+        >>> {name: tuple(out.shape) for name, out in heads.items()}
+        {'aux1': (None, 7), 'aux2': (None, 7)}
+    """
     return {head: info.aux_builder(taps[head], classes, name=head, norm=norm,
                                    classifier_activation=classifier_activation)
             for head in info.aux_heads}
@@ -142,7 +206,7 @@ def _check_weights_path(info: ModelInfo, weights):
             f"keras .h5, timm .safetensors, torchvision .pth, TF-Slim checkpoint).")
 
 
-def load_weights_file(model, path, info: ModelInfo):
+def _load_weights_file(model, path, info: ModelInfo):
     """Loads our or keras' ``.h5``, or converts an upstream checkpoint, by its format."""
     from keras_inception.convert import load_upstream, readers
 
@@ -166,6 +230,22 @@ def pretrained_constructor(constructor):
     heads), the arguments the upstream arithmetic needs (``arithmetic``,
     ``bn_epsilon``) are filled in, and the file is fetched and converted once into
     the cache. A user argument that contradicts the weights is an error.
+
+    Args:
+        constructor: a family constructor taking ``weights=`` (and
+            ``include_top``, ``classes``, optionally ``aux_logits``).
+
+    Returns:
+        The wrapped constructor; it records the weights' preprocessing on the model
+        (see :func:`keras_inception.preprocessing_for`).
+
+    Example:
+        >>> import keras_inception
+        >>> keras_inception.GoogLeNet(weights="imagenet",
+        ...                           classes=10)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: weights='imagenet' for googlenet have a 1000-class classifier; ...
     """
     signature = inspect.signature(constructor)
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import sys
 
+__all__ = ["add_training_data_arguments", "fail", "model_from_argument", "one_line"]
+
 
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (its type if it has none).
+
+    Args:
+        err: any exception.
+
+    Returns:
+        Its message with every run of whitespace made one space.
 
     Example:
         >>> one_line(ValueError("bad size\\n  use 299"))
@@ -16,7 +24,20 @@ def one_line(err: BaseException) -> str:
 
 
 def fail(prog: str, message: str) -> int:
-    """Prints ``prog: error: message`` to stderr, as argparse does; returns 2."""
+    """Prints ``prog: error: message`` to stderr, as argparse does; returns 2.
+
+    Args:
+        prog: the program name.
+        message: what went wrong and what to do.
+
+    Returns:
+        2, argparse's exit status for usage errors.
+
+    Example:
+        >>> from keras_inception.cli import fail
+        >>> fail("predict.py", "no image at cat.jpg")
+        2
+    """
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
@@ -27,6 +48,19 @@ def add_training_data_arguments(parser, *, data_help: str = "image folder") -> N
     ``--data-dir``, ``--class-names``, ``--batch-size``, ``--learning-rate``,
     ``--synthetic-per-class``, ``--seed``, ``--run-eagerly`` (the arguments of
     :func:`keras_inception.data.load_flowers` and ``model.compile``).
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+        data_help: how the recipe's help describes ``--data-dir``.
+
+    Example:
+        >>> import argparse
+        >>> from keras_inception.cli import add_training_data_arguments
+        >>> parser = argparse.ArgumentParser()
+        >>> add_training_data_arguments(parser)
+        >>> args = parser.parse_args(["--batch-size", "8"])
+        >>> args.batch_size, args.learning_rate, args.data_dir
+        (8, 0.001, None)
     """
     parser.add_argument("--data-dir", default=None,
                         help=f"{data_help}, one subfolder per class (default: "
@@ -51,6 +85,12 @@ def model_from_argument(model: str, weights: str = "imagenet", size=None, *,
     the family's canonical one) with ``weights`` (``"none"``: random), falling back
     to random initialisation, said in one line, when they cannot be downloaded.
 
+    Args:
+        model: a ``.keras`` file or a registry name.
+        weights: a weights name, ``"none"`` (random) or a weight file.
+        size: the input side (default: see above).
+        print_fn: where the fallback line goes.
+
     Returns:
         ``(model, name, description)``: ``name`` is the registry name, or the file's
         stem for a ``.keras`` file.
@@ -58,6 +98,12 @@ def model_from_argument(model: str, weights: str = "imagenet", size=None, *,
     Raises:
         FileNotFoundError: a ``.keras`` path that does not exist.
         ValueError: an unknown model name.
+
+    Example:
+        >>> from keras_inception.cli import model_from_argument
+        >>> model, name, description = model_from_argument("googlenet", "none", 32)
+        >>> name, description, model.input_shape
+        ('googlenet', 'googlenet (random weights)', (None, 32, 32, 3))
     """
     import os
 

@@ -66,7 +66,14 @@ _SYNTHETIC_FORMAT = 1  # bump when the drawing changes, so old folders are rebui
 class DataUnavailable(RuntimeError):
     """A dataset cannot be had here (no network, or a package missing).
 
-    The message is the reason, short enough to quote in one line.
+    The message is the reason, short enough to quote in one line. A
+    ``RuntimeError``: :func:`load_flowers` catches it to fall back to the
+    generated dataset; see :func:`tfds_flowers` for one being raised.
+
+    Example:
+        >>> from keras_inception.data import DataUnavailable
+        >>> issubclass(DataUnavailable, RuntimeError)
+        True
     """
 
 
@@ -425,6 +432,9 @@ def augmentation(image_size, seed: Optional[int] = None,
         seed: integer seed (the flip uses ``seed + 1``); None draws one.
         data_format: as :class:`RandomResizedCrop`.
 
+    Returns:
+        A ``keras.Sequential`` named ``augmentation``.
+
     Example:
         >>> import numpy as np
         >>> from keras_inception.data import augmentation
@@ -456,6 +466,13 @@ class ImageSource:
         name: what the images are (``"tf_flowers"``, ``"synthetic-flowers"``, a
             folder's name).
         skipped: ``(item, reason)`` for every image found unreadable and left out.
+
+    Example:
+        >>> from keras_inception.data import ImageSource
+        >>> source = ImageSource(["a.jpg", "b.jpg", "c.jpg"], [0, 1, 1], ("cat", "dog"),
+        ...                      "pets")
+        >>> len(source), source.counts().tolist(), source.describe(2)
+        (3, [1, 2], 'c.jpg')
     """
 
     items: list
@@ -949,6 +966,14 @@ def split(source: ImageSource, validation_fraction: float = 0.2,
     parts. Items keep their order within each part; ``skipped`` stays on the
     source (both parts get an empty list).
 
+    Args:
+        source: the images to split.
+        validation_fraction: the fraction of each class held out, in (0, 1).
+        seed: the seed of the shuffle within each class.
+
+    Returns:
+        ``(train, val)``, two :class:`ImageSource`.
+
     Raises:
         ValueError: ``validation_fraction`` is not in (0, 1), or a class has fewer
             than 2 images (the message names it).
@@ -1173,6 +1198,14 @@ class FlowersData:
         fallback: True when tf_flowers was unavailable and the generated dataset
             is used instead.
         skipped: ``(item, reason)`` of the unreadable images left out.
+
+    Example:
+        >>> from keras_inception.data import FlowersData, ImageSource, split
+        >>> source = ImageSource(list("abcdef"), [0, 0, 0, 1, 1, 1], ("x", "y"), "demo")
+        >>> data = FlowersData(*split(source, 0.34), class_names=source.class_names,
+        ...                    source_name="demo", fallback=False)
+        >>> len(data.train), len(data.val)
+        (4, 2)
     """
 
     train: ImageSource
@@ -1208,6 +1241,9 @@ def load_flowers(data_dir=None, *, class_names: Optional[Sequence[str]] = None,
         print_fn: where the messages go.
         synthetic_per_class: images per class of the generated dataset.
         tfds_data_dir: tfds' data folder (default: tfds' own).
+
+    Returns:
+        A :class:`FlowersData`.
 
     Example:
         >>> import os, tempfile

@@ -77,6 +77,20 @@ class ChecksumError(ValueError):
         algorithm: ``"sha256"`` or ``"md5"``.
         expected: the expected hex digest (or its prefix).
         actual: the hex digest of what arrived.
+
+    Example:
+        >>> import os, pathlib, tempfile
+        >>> from unittest import mock
+        >>> from keras_inception.download import ChecksumError, fetch
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     source = pathlib.Path(tmp, "w.bin")
+        ...     _ = source.write_bytes(b"abc")
+        ...     with mock.patch.dict(os.environ, {"KERAS_INCEPTION_CACHE": tmp}):
+        ...         try:
+        ...             fetch(source.as_uri(), md5="0" * 32, progress=False)
+        ...         except ChecksumError as err:
+        ...             print(err.algorithm, err.actual)
+        md5 900150983cd24fb0d6963f7d28e17f72
     """
 
     def __init__(self, message: str, *, url: str, algorithm: str, expected: str,
@@ -96,6 +110,18 @@ class DownloadError(OSError):
     Attributes:
         url: the URL tried.
         path: where the cache expects the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> from unittest import mock
+        >>> from keras_inception.download import DownloadError, fetch
+        >>> with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {
+        ...         "KERAS_INCEPTION_CACHE": tmp, "KERAS_INCEPTION_OFFLINE": "1"}):
+        ...     try:
+        ...         fetch("https://example.com/w.h5", progress=False)
+        ...     except DownloadError as err:
+        ...         print(err.url, os.path.basename(err.path))
+        https://example.com/w.h5 w.h5
     """
 
     def __init__(self, message: str, *, url: str, path: str):
@@ -123,6 +149,9 @@ def cache_dir() -> str:
 
     ``$KERAS_INCEPTION_CACHE`` if set, else ``~/.keras/keras_inception``.
 
+    Returns:
+        The absolute path of the folder.
+
     Example:
 
     >>> import os, tempfile
@@ -145,6 +174,9 @@ def file_hash(path, algorithm: str = "sha256") -> str:
     Args:
         path: the file.
         algorithm: any name ``hashlib.new`` accepts (``"sha256"``, ``"md5"``).
+
+    Returns:
+        The lower-case hex digest.
 
     Example:
 
@@ -414,6 +446,9 @@ def fetch(url: str, *, sha256: Optional[str] = None, md5: Optional[str] = None,
 
     Without any hash, a cached file is used as found (downloads are still atomic).
 
+    Returns:
+        The path of the verified local file.
+
     Raises:
         ChecksumError: the download does not match the hash (it was discarded).
         DownloadError: offline, unreachable host, timeout, HTTP error, connection
@@ -494,6 +529,9 @@ def cached_or_build(key: str, build_fn: Callable[[str], object], *,
         build_fn: called with the temporary path to write.
         subdir: the folder under the cache.
         suffix: appended to ``key``.
+
+    Returns:
+        The path of the cached file.
 
     Raises:
         RuntimeError: ``build_fn`` returned without writing the file.

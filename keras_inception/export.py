@@ -74,8 +74,16 @@ _PASSED_ERRORS = {e.__name__: e for e in (ValueError, FileExistsError, FileNotFo
 
 
 class ExportError(RuntimeError):
-    """The TensorFlow-backend export process failed unexpectedly (its output is in
-    the message)."""
+    """The TensorFlow-backend export process failed unexpectedly.
+
+    Its output is in the message. Expected failures (a bad argument, a model that
+    cannot load) are raised as their own type instead, in the calling process.
+
+    Example:
+        >>> from keras_inception.export import ExportError
+        >>> issubclass(ExportError, RuntimeError)
+        True
+    """
 
 
 # --------------------------------------------------------------------------- checks
@@ -729,8 +737,26 @@ def _run(args) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line (``python -m keras_inception.export --help``); returns the exit
-    status: 0, or 2 with one ``error:`` line on stderr."""
+    """The command line, ``python -m keras_inception.export``.
+
+    On another backend than TensorFlow it runs itself again in a TensorFlow-backend
+    process.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 with one ``error:`` line on stderr.
+
+    Example:
+        >>> from keras_inception.export import main
+        >>> try:
+        ...     main(["--help"])  # doctest: +ELLIPSIS
+        ... except SystemExit as exit:
+        ...     print("exit", exit.code)
+        usage: ...
+        exit 0
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if keras.backend.backend() != "tensorflow":

@@ -6,6 +6,8 @@ import keras
 
 from keras_inception.registry import ModelInfo, _REGISTRY
 
+__all__ = ["feature_extractor", "infer_info"]
+
 
 def infer_info(model: keras.Model) -> ModelInfo:
     """The registered family ``model`` was built from.
@@ -13,6 +15,22 @@ def infer_info(model: keras.Model) -> ModelInfo:
     Matched on the committed manifests: every body layer of the family (all but
     classifier and auxiliary heads) must be in ``model``; where several families
     fit (a model extended by the user), the one with the most layers wins.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        The family's :class:`~keras_inception.registry.ModelInfo`.
+
+    Raises:
+        ValueError: no registered family's layers are all in ``model``.
+
+    Example:
+        >>> import keras_inception
+        >>> from keras_inception.features import infer_info
+        >>> model = keras_inception.GoogLeNet(input_shape=(32, 32, 3), classes=3)
+        >>> infer_info(model).name
+        'googlenet'
     """
     from keras_inception.manifest import body_layer_names
 
@@ -36,18 +54,21 @@ def feature_extractor(model: keras.Model, strides=(4, 8, 16, 32), *, stages=None
         stages: alternatively, stage names (``("stem", "mixed_6")``); keys of the
             output dict are then the stage names.
 
+    Raises:
+        ValueError: a stride or stage the family does not have (the message
+            lists those it has), or a model that is not a keras_inception one.
+
     Returns:
         A ``keras.Model`` sharing ``model``'s layers whose output is a dict
         ``{"stride_4": ..., "stride_8": ...}`` (or keyed by stage name).
 
     Example:
         >>> import keras, keras_inception
-        >>> net = keras_inception.InceptionV3(include_top=False,
-        ...                                   input_shape=(128, 128, 3))
+        >>> net = keras_inception.GoogLeNet(include_top=False,
+        ...                                 input_shape=(64, 64, 3))
         >>> feats = keras_inception.feature_extractor(net, strides=(8, 32))
-        >>> maps = feats(keras.ops.zeros((1, 128, 128, 3)))
-        >>> sorted((k, tuple(v.shape[1:3])) for k, v in maps.items())
-        [('stride_32', (2, 2)), ('stride_8', (13, 13))]
+        >>> sorted((k, tuple(v.shape[1:3])) for k, v in feats.output.items())
+        [('stride_32', (2, 2)), ('stride_8', (8, 8))]
     """
     info = infer_info(model)
     if stages is not None:

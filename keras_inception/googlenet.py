@@ -35,6 +35,8 @@ from keras_inception.layers import Conv, Pool
 from keras_inception.refmaps import DENSE_OI_CHW4X4, IDENTITY
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["GoogLeNet", "InceptionV1"]
+
 
 def _module(b0, b1_reduce, b1, b2_reduce, b2, pool_proj, *, kernel=3, quirk=False):
     """An Inception module: 1x1 | 1x1-3x3 | 1x1-kxk | maxpool-1x1.
@@ -194,6 +196,7 @@ def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=Non
 
 
 InceptionV1 = GoogLeNet
+"""The paper's name for :func:`GoogLeNet` (the same function)."""
 
 
 # --- reference weight layouts ---------------------------------------------------------

@@ -24,6 +24,8 @@ from keras_inception.inception_v3 import _STEM as V3_STEM
 from keras_inception.layers import Conv, Pool
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["InceptionResNetV1", "InceptionResNetV2"]
+
 _MAX_1A = Pool("maxpool_1a_3x3", "max", 3, strides=2, padding="valid")
 
 

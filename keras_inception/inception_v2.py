@@ -23,6 +23,8 @@ from keras_inception.layers import Conv, Pool
 from keras_inception.refmaps import IDENTITY
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["InceptionV2"]
+
 _AVG = Pool("avgpool_0a_3x3", "avg")
 _MAX = Pool("maxpool_0a_3x3", "max")
 

@@ -22,6 +22,8 @@ from keras_inception.layers import Conv, Fork, Pool
 from keras_inception.refmaps import LayoutBuilder
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["InceptionV3"]
+
 _AVG = Pool("avgpool_0a_3x3", "avg")
 
 

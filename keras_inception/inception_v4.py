@@ -14,6 +14,8 @@ from keras_inception import refmaps as R
 from keras_inception.layers import Conv, Fork, Pool
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["InceptionV4"]
+
 _AVG = Pool("avgpool_0a_3x3", "avg")
 _MAX_1A = Pool("maxpool_1a_3x3", "max", 3, strides=2, padding="valid")
 

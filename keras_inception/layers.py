@@ -23,6 +23,13 @@ from typing import Sequence, Union
 import keras
 from keras import layers
 
+__all__ = [
+    "ConstantPadding2D", "Conv", "Fork", "Norm", "Pool", "ScaledResidual", "apply_ops",
+    "aux_head", "aux_head_v1", "channel_axis", "check_arithmetic", "classifier_head",
+    "conv_bn", "inception_module", "inception_resnet_block", "iter_convs", "map_ops",
+    "module_convs", "pool", "stem_and_modules",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Norm:
@@ -30,6 +37,16 @@ class Norm:
 
     TF-Slim and keras.applications' v3/IRv2 train without gamma (``scale=False``);
     torch ports and Xception keep it. The epsilon travels with the weights.
+
+    Attributes:
+        scale: whether BatchNormalization has a gamma.
+        epsilon: its epsilon.
+        momentum: its moving-average momentum.
+
+    Example:
+        >>> from keras_inception.layers import Norm
+        >>> Norm(scale=True, epsilon=1e-5)
+        Norm(scale=True, epsilon=1e-05, momentum=0.99)
     """
 
     scale: bool = False
@@ -42,6 +59,22 @@ ARITHMETICS = ("tf", "torch")
 
 
 def check_arithmetic(arithmetic: str) -> str:
+    """Validates a constructor's ``arithmetic`` argument.
+
+    Args:
+        arithmetic: ``"tf"`` (TF-Slim/Keras padding and pooling) or ``"torch"``.
+
+    Returns:
+        ``arithmetic``.
+
+    Raises:
+        ValueError: anything else (the message says which to pick when).
+
+    Example:
+        >>> from keras_inception.layers import check_arithmetic
+        >>> check_arithmetic("torch")
+        'torch'
+    """
     if arithmetic not in ARITHMETICS:
         raise ValueError(
             f"arithmetic must be 'tf' (TF-Slim/Keras padding and pooling, for weights "
@@ -54,8 +87,18 @@ def check_arithmetic(arithmetic: str) -> str:
 class Conv:
     """A conv + BN + ReLU op inside a branch (kernel may be ``(rows, cols)``).
 
-    ``padding``: ``"same"``, ``"valid"``, or a number of zeros padded on every
-    side first (torch's ``Conv2d(padding=n)``).
+    Attributes:
+        name: the op name (its layers are ``{prefix}_{name}_conv``, ``_bn``, ``_act``).
+        filters: output channels.
+        kernel: kernel size, an int or ``(rows, cols)``.
+        strides: the stride.
+        padding: ``"same"``, ``"valid"``, or a number of zeros padded on every
+            side first (torch's ``Conv2d(padding=n)``).
+
+    Example:
+        >>> from keras_inception.layers import Conv
+        >>> Conv("conv2d_0b_1x7", 192, (1, 7)).kernel
+        (1, 7)
     """
 
     name: str
@@ -69,9 +112,20 @@ class Conv:
 class Pool:
     """A pooling op inside a branch (``kind`` is ``"max"`` or ``"avg"``).
 
-    ``padding``: ``"same"``, ``"valid"``, or torch's symmetric padding (a number;
-    averages count it as zeros, as ``count_include_pad=True``). ``ceil_mode``:
-    torch's rounding up of the output size (a partial last window is kept).
+    Attributes:
+        name: the op name (the pooling layer is ``{prefix}_{name}``).
+        kind: ``"max"`` or ``"avg"``.
+        size: the window side.
+        strides: the stride.
+        padding: ``"same"``, ``"valid"``, or torch's symmetric padding (a number;
+            averages count it as zeros, as ``count_include_pad=True``).
+        ceil_mode: torch's rounding up of the output size (a partial last window
+            is kept).
+
+    Example:
+        >>> from keras_inception.layers import Pool
+        >>> Pool("maxpool_0a_3x3", "max", strides=2, padding="valid").size
+        3
     """
 
     name: str
@@ -84,7 +138,19 @@ class Pool:
 
 @dataclasses.dataclass(frozen=True)
 class Fork:
-    """Splits a branch into parallel sub-branches and concatenates them (v3's 7b/7c)."""
+    """Splits a branch into parallel sub-branches and concatenates them (v3's 7b/7c).
+
+    Attributes:
+        name: the name of the concatenation (``{prefix}_{name}``).
+        paths: the sub-branches, each a tuple of ops.
+
+    Example:
+        >>> from keras_inception.layers import Conv, Fork
+        >>> fork = Fork("concat", ((Conv("conv2d_0b_1x3", 384, (1, 3)),),
+        ...                        (Conv("conv2d_0c_3x1", 384, (3, 1)),)))
+        >>> len(fork.paths)
+        2
+    """
 
     name: str
     paths: tuple
@@ -94,6 +160,18 @@ Op = Union[Conv, Pool, Fork]
 
 
 def channel_axis() -> int:
+    """The channel axis of the current Keras image data format.
+
+    Returns:
+        -1 for ``channels_last``, 1 for ``channels_first``.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import channel_axis
+        >>> channel_axis() == (-1 if keras.config.image_data_format() == "channels_last"
+        ...                    else 1)
+        True
+    """
     return -1 if keras.config.image_data_format() == "channels_last" else 1
 
 
@@ -103,6 +181,12 @@ class ConstantPadding2D(layers.Layer):
 
     Torch's max pooling pads with -inf (padding never wins), which
     ``ZeroPadding2D`` cannot express.
+
+    Args:
+        padding: ``((top, bottom), (left, right))`` in pixels.
+        value: the padding value.
+        data_format: ``"channels_last"`` or ``"channels_first"`` (default: Keras').
+        **kwargs: ``keras.layers.Layer`` arguments (``name``, ...).
 
     Example:
         >>> import math, numpy as np
@@ -145,6 +229,27 @@ def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
     Creates ``{name}_conv``, ``{name}_bn`` and, unless ``activation`` is None,
     ``{name}_act``; a numeric ``padding`` (torch's symmetric zeros) adds
     ``{name}_pad`` before a valid convolution.
+
+    Args:
+        x: the input tensor.
+        filters: output channels.
+        kernel_size: an int or ``(rows, cols)``.
+        name: the layer-name prefix.
+        norm: the BatchNormalization settings (:class:`Norm`).
+        strides: the stride.
+        padding: ``"same"``, ``"valid"`` or a number (torch's symmetric zeros).
+        activation: the activation, or None for none.
+
+    Returns:
+        The output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm, conv_bn
+        >>> y = conv_bn(keras.Input((9, 9, 3)), 8, 3, strides=2, padding=1,
+        ...             name="stem", norm=Norm())
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 5, 5, 8), 'stem_act')
     """
     if not isinstance(padding, str):
         x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
@@ -164,6 +269,33 @@ def pool(x, kind, size, *, name, strides=1, padding="same", ceil_mode=False):
 
     ``padding`` is ``"same"``, ``"valid"`` or, with ``ceil_mode``, torch's: see
     :class:`Pool`. Torch's padding is a ``{name}_pad`` layer before a valid pool.
+
+    Args:
+        x: the input tensor.
+        kind: ``"max"`` or ``"avg"``.
+        size: the window side.
+        name: the pooling layer's name.
+        strides: the stride.
+        padding: ``"same"``, ``"valid"`` or a number (torch's).
+        ceil_mode: torch's rounding up of the output size (max pooling without
+            padding only).
+
+    Returns:
+        The output tensor.
+
+    Raises:
+        ValueError: an unknown kind, or ``ceil_mode`` with ``"same"`` padding or a
+            case torch's ceil mode cannot be emulated exactly.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import pool
+        >>> x = keras.Input((8, 8, 4))
+        >>> tuple(pool(x, "max", 3, strides=2, padding="valid", name="p").shape)
+        (None, 3, 3, 4)
+        >>> tuple(pool(x, "max", 3, strides=2, padding=0, ceil_mode=True,
+        ...            name="p_ceil").shape)
+        (None, 4, 4, 4)
     """
     if kind not in ("max", "avg"):
         raise ValueError(f"Unknown pooling kind {kind!r}: use 'max' or 'avg'.")
@@ -202,8 +334,25 @@ def _torch_pool_padding(x, kind, size, strides, pad, ceil_mode, *, name):
 
 
 def map_ops(ops: Sequence[Op], fn) -> tuple:
-    """``ops`` with every :class:`Conv` and :class:`Pool` replaced by ``fn(op)``
-    (inside :class:`Fork` paths too): one topology, another arithmetic."""
+    """``ops`` with every :class:`Conv` and :class:`Pool` replaced by ``fn(op)``.
+
+    :class:`Fork` paths are mapped too: one topology, another arithmetic.
+
+    Args:
+        ops: a branch (sequence of ops).
+        fn: ``fn(op) -> op``, applied to every Conv and Pool.
+
+    Returns:
+        The mapped ops, as a tuple.
+
+    Example:
+        >>> import dataclasses
+        >>> from keras_inception.layers import Conv, Pool, map_ops
+        >>> ops = (Conv("conv", 8, 3), Pool("pool", "max"))
+        >>> [op.padding for op in map_ops(ops, lambda op: dataclasses.replace(
+        ...     op, padding=1))]
+        [1, 1]
+    """
     out = []
     for op in ops:
         if isinstance(op, Fork):
@@ -218,6 +367,26 @@ def apply_ops(x, ops: Sequence[Op], *, prefix, norm):
     """Applies a branch (a sequence of ops); layer names are ``{prefix}_{op.name}``.
 
     With an empty ``prefix`` the op names are used as they are (stems).
+
+    Args:
+        x: the input tensor.
+        ops: the branch's :class:`Conv`, :class:`Pool` and :class:`Fork` ops.
+        prefix: the layer-name prefix.
+        norm: the BatchNormalization settings.
+
+    Returns:
+        The branch's output tensor.
+
+    Raises:
+        TypeError: an op of another type.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Conv, Norm, Pool, apply_ops
+        >>> ops = (Conv("conv2d_0a_1x1", 8, 1), Pool("maxpool_0b_3x3", "max", strides=2))
+        >>> y = apply_ops(keras.Input((8, 8, 3)), ops, prefix="b0", norm=Norm())
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 4, 4, 8), 'b0_maxpool_0b_3x3')
     """
     for op in ops:
         name = f"{prefix}_{op.name}" if prefix else op.name
@@ -236,7 +405,22 @@ def apply_ops(x, ops: Sequence[Op], *, prefix, norm):
 
 
 def iter_convs(ops: Sequence[Op], prefix=""):
-    """Yields the layer-name prefix of every :class:`Conv` in ``ops``, in build order."""
+    """Yields the layer-name prefix of every :class:`Conv` in ``ops``, in build order.
+
+    Args:
+        ops: a branch (sequence of ops, :class:`Fork` paths included).
+        prefix: the branch's layer-name prefix.
+
+    Yields:
+        ``{prefix}_{conv.name}`` (or the bare name without a prefix).
+
+    Example:
+        >>> from keras_inception.layers import Conv, Fork, Pool, iter_convs
+        >>> ops = (Conv("a", 8, 1), Pool("p", "avg"),
+        ...        Fork("cat", ((Conv("b", 8, (1, 3)),), (Conv("c", 8, (3, 1)),))))
+        >>> list(iter_convs(ops, "mixed_7b_branch_1"))
+        ['mixed_7b_branch_1_a', 'mixed_7b_branch_1_b', 'mixed_7b_branch_1_c']
+    """
     for op in ops:
         if isinstance(op, Conv):
             yield f"{prefix}_{op.name}" if prefix else op.name
@@ -246,13 +430,28 @@ def iter_convs(ops: Sequence[Op], prefix=""):
 
 
 def module_convs(branches, name):
-    """Yields ``(branch_index, conv_prefix, op)`` for every conv of a module."""
+    """Yields ``(branch_index, conv_prefix)`` for every conv of a module.
+
+    Args:
+        branches: the module's branches (sequences of ops).
+        name: the module's name.
+
+    Yields:
+        ``(i, prefix)``: the branch index and the conv's layer-name prefix.
+
+    Example:
+        >>> from keras_inception.layers import Conv, Pool, module_convs
+        >>> branches = ((Conv("conv2d_0a_1x1", 8, 1),),
+        ...             (Pool("avgpool_0a_3x3", "avg"), Conv("conv2d_0b_1x1", 8, 1)))
+        >>> list(module_convs(branches, "mixed_5b"))
+        [(0, 'mixed_5b_branch_0_conv2d_0a_1x1'), (1, 'mixed_5b_branch_1_conv2d_0b_1x1')]
+    """
     for i, ops in enumerate(branches):
         for conv in iter_convs(ops, f"{name}_branch_{i}"):
             yield i, conv
 
 
-def branches_concat(x, branches: Sequence[Sequence[Op]], *, name, norm,
+def _branches_concat(x, branches: Sequence[Sequence[Op]], *, name, norm,
                     concat_name=None):
     """Runs ``branches`` in parallel on ``x`` and concatenates them on channels.
 
@@ -265,15 +464,58 @@ def branches_concat(x, branches: Sequence[Sequence[Op]], *, name, norm,
 
 
 def inception_module(x, branches, *, name, norm):
-    """An Inception module: parallel branches concatenated (v1-v4, grid reductions)."""
-    return branches_concat(x, branches, name=name, norm=norm)
+    """An Inception module: parallel branches concatenated (v1-v4, grid reductions).
+
+    Branch ``i`` names its layers ``{name}_branch_{i}_{op}``; the concatenation is
+    ``{name}``, the name feature taps and freezing helpers use.
+
+    Args:
+        x: the input tensor.
+        branches: the branches, each a sequence of ops.
+        name: the module's name.
+        norm: the BatchNormalization settings.
+
+    Returns:
+        The concatenated output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Conv, Norm, Pool, inception_module
+        >>> branches = ((Conv("conv2d_0a_1x1", 16, 1),),
+        ...             (Conv("conv2d_0a_1x1", 8, 1), Conv("conv2d_0b_3x3", 24, 3)),
+        ...             (Pool("maxpool_0a_3x3", "max"), Conv("conv2d_0b_1x1", 8, 1)))
+        >>> y = inception_module(keras.Input((8, 8, 32)), branches, name="mixed_3b",
+        ...                      norm=Norm())
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 8, 8, 48), 'mixed_3b')
+    """
+    return _branches_concat(x, branches, name=name, norm=norm)
 
 
 def stem_and_modules(x, stem, modules, *, norm, aux_taps=None):
     """A stem (ops) then named Inception modules in sequence.
 
-    Returns ``(features, taps)``: ``aux_taps`` maps a module name to the aux head
-    that reads its output (``{"mixed_6e": "aux"}``).
+    Args:
+        x: the image tensor.
+        stem: the stem's ops (layer names are the op names).
+        modules: ``((name, branches), ...)``, in order.
+        norm: the BatchNormalization settings.
+        aux_taps: maps a module name to the aux head that reads its output
+            (``{"mixed_6e": "aux"}``).
+
+    Returns:
+        ``(features, taps)``: the last module's output and ``{head: tensor}``.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Conv, Norm, stem_and_modules
+        >>> stem = (Conv("conv2d_1a_3x3", 8, 3, strides=2),)
+        >>> modules = (("mixed_1", ((Conv("conv2d_0a_1x1", 4, 1),),
+        ...                         (Conv("conv2d_0a_3x3", 4, 3),))),)
+        >>> features, taps = stem_and_modules(keras.Input((8, 8, 3)), stem, modules,
+        ...                                   norm=Norm(), aux_taps={"mixed_1": "aux"})
+        >>> tuple(features.shape), list(taps)
+        ((None, 4, 4, 8), ['aux'])
     """
     x = apply_ops(x, stem, prefix="", norm=norm)
     taps = {}
@@ -290,6 +532,18 @@ class ScaledResidual(layers.Layer):
 
     Scaling by 0.1-0.3 is what keeps the very deep Inception-ResNets from dying
     early in training (Szegedy et al. 2016, section 3.3).
+
+    Args:
+        scale: the residual's scale.
+        **kwargs: ``keras.layers.Layer`` arguments (``name``, ...).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_inception import ScaledResidual
+        >>> out = ScaledResidual(0.2)([np.ones((1, 2), "float32"),
+        ...                            np.full((1, 2), 5.0, "float32")])
+        >>> np.asarray(out).tolist()
+        [[2.0, 2.0]]
     """
 
     def __init__(self, scale, **kwargs):
@@ -314,8 +568,28 @@ def inception_resnet_block(x, branches, *, name, scale, norm, activation="relu")
     width by a biased 1x1 convolution without BN (``{name}_conv2d_1x1``), scaled and
     added to the input (``{name}``), then activated (``{name}_act``) unless
     ``activation`` is None (the last IRv2 block).
+
+    Args:
+        x: the input tensor.
+        branches: the residual branches, each a sequence of ops.
+        name: the block's name.
+        scale: the residual scale (:class:`ScaledResidual`).
+        norm: the BatchNormalization settings.
+        activation: the activation after the sum, or None.
+
+    Returns:
+        The output tensor, shaped like ``x``.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Conv, Norm, inception_resnet_block
+        >>> branches = ((Conv("conv2d_1x1", 8, 1),), (Conv("conv2d_0b_3x3", 8, 3),))
+        >>> y = inception_resnet_block(keras.Input((5, 5, 16)), branches,
+        ...                            name="block35_1", scale=0.17, norm=Norm())
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 5, 5, 16), 'block35_1_act')
     """
-    mixed = branches_concat(x, branches, name=name, norm=norm,
+    mixed = _branches_concat(x, branches, name=name, norm=norm,
                             concat_name=f"{name}_mixed")
     up = layers.Conv2D(x.shape[channel_axis()], 1, use_bias=True,
                        name=f"{name}_conv2d_1x1")(mixed)
@@ -331,6 +605,25 @@ def aux_head(x, classes, *, name, norm, classifier_activation, dropout_rate=0.0)
     5x5/3 average pool, 1x1 conv to 128, 5x5 conv to 768 (both with BN), global
     average pool, dense. At the canonical 299 input the 5x5 conv leaves a 1x1 map,
     so the pool is the identity there (TF-Slim flattens, torchvision pools).
+
+    Args:
+        x: the tapped tensor (17x17 at the canonical input).
+        classes: the head's class count.
+        name: the head's name (``aux``), prefix of its layers.
+        norm: the BatchNormalization settings.
+        classifier_activation: the head's activation (None for logits).
+        dropout_rate: dropout before the dense layer.
+
+    Returns:
+        The head's output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm, aux_head
+        >>> y = aux_head(keras.Input((17, 17, 32)), 10, name="aux", norm=Norm(),
+        ...              classifier_activation=None)
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 10), 'aux_predictions')
     """
     x = layers.AveragePooling2D(5, strides=3, padding="valid",
                                 name=f"{name}_avgpool_1a_5x5")(x)
@@ -349,6 +642,25 @@ def aux_head_v1(x, classes, *, name, norm, classifier_activation, dropout_rate=0
     Adaptive average pool to 4x4 (the paper's 5x5/3 pool gives the same 4x4 at the
     canonical 224 input), 1x1 conv to 128 with BN, flatten, 1024-unit ReLU dense,
     dropout 0.7, dense.
+
+    Args:
+        x: the tapped tensor (``mixed_4b`` or ``mixed_4e``).
+        classes: the head's class count.
+        name: the head's name (``aux1``, ``aux2``), prefix of its layers.
+        norm: the BatchNormalization settings.
+        classifier_activation: the head's activation (None for logits).
+        dropout_rate: dropout before the last dense layer.
+
+    Returns:
+        The head's output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm, aux_head_v1
+        >>> y = aux_head_v1(keras.Input((4, 4, 512)), 10, name="aux1", norm=Norm(),
+        ...                 classifier_activation="softmax")
+        >>> tuple(y.shape)
+        (None, 10)
     """
     x = layers.AdaptiveAveragePooling2D((4, 4), name=f"{name}_avgpool")(x)
     x = conv_bn(x, 128, 1, name=f"{name}_conv", norm=norm)
@@ -369,6 +681,26 @@ def classifier_head(x, *, include_top, pooling, classes, classifier_activation,
     """Global pooling + dropout + dense (``avg_pool``, ``dropout``, ``predictions``).
 
     With ``include_top=False`` only the optional global pooling is applied.
+
+    Args:
+        x: the body's feature map.
+        include_top: add the classifier.
+        pooling: without the top: None, ``"avg"`` or ``"max"``.
+        classes: the classifier's class count.
+        classifier_activation: its activation (None for logits).
+        dropout_rate: dropout before the dense layer (0 for none).
+
+    Returns:
+        The output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import classifier_head
+        >>> x = keras.Input((7, 7, 64))
+        >>> y = classifier_head(x, include_top=True, pooling=None, classes=10,
+        ...                     classifier_activation="softmax", dropout_rate=0.2)
+        >>> tuple(y.shape), y._keras_history.operation.name
+        ((None, 10), 'predictions')
     """
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

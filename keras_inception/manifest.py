@@ -18,21 +18,53 @@ import numpy as np
 from keras_inception import refmaps
 from keras_inception.registry import get_model_info, list_models
 
+__all__ = ["body_layer_names", "describe", "dumps", "layouts_of", "load_manifest", "main"]
+
 MANIFEST_DIR = os.path.join(os.path.dirname(__file__), "manifests")
 
 
-def manifest_path(name: str) -> str:
+def _manifest_path(name: str) -> str:
     return os.path.join(MANIFEST_DIR, f"{name}.json")
 
 
 def load_manifest(name: str) -> dict:
-    with open(manifest_path(get_model_info(name).name)) as f:
+    """The committed manifest of a registered variant.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        The manifest: ``model``, ``params``, ``min_size``, ``aux_min_size``,
+        ``stages``, ``layers`` (``[name, class, [[weight, shape]]]``), ``layouts``
+        (per upstream source, rows ``[key, shape, layer, weight, transform]``) and,
+        where there is one, ``keras_applications``.
+
+    Example:
+        >>> from keras_inception.manifest import load_manifest
+        >>> manifest = load_manifest("googlenet")
+        >>> manifest["model"], sorted(manifest["layouts"])
+        ('googlenet', ['tf_slim', 'torchvision'])
+    """
+    with open(_manifest_path(get_model_info(name).name)) as f:
         return json.load(f)
 
 
 @functools.lru_cache(maxsize=None)
 def body_layer_names(name: str) -> frozenset:
-    """Names of a variant's layers other than its classifier and auxiliary heads."""
+    """Names of a variant's layers other than its classifier and auxiliary heads.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        A frozenset of layer names (cached).
+
+    Example:
+        >>> from keras_inception.manifest import body_layer_names
+        >>> names = body_layer_names("googlenet")
+        >>> "mixed_5c" in names, "predictions" in names, "aux1_fc1" in names
+        (True, False, False)
+    """
     info = get_model_info(name)
     heads = ("avg_pool", "dropout", "predictions") + tuple(info.aux_heads)
     return frozenset(row[0] for row in load_manifest(name)["layers"]
@@ -40,8 +72,23 @@ def body_layer_names(name: str) -> frozenset:
 
 
 def layouts_of(name: str) -> dict:
-    """The family module's ``LAYOUTS`` (upstream source -> layout rules); a module
-    defining several variants keys them by model name first."""
+    """The family module's ``LAYOUTS``: upstream source -> layout rules.
+
+    A module defining several variants keys them by model name first; this returns
+    the variant's own.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        ``{source: rules}`` where ``rules(builder)`` fills a
+        :class:`~keras_inception.refmaps.LayoutBuilder`.
+
+    Example:
+        >>> from keras_inception.manifest import layouts_of
+        >>> sorted(layouts_of("inception_resnet_v2"))
+        ['tf_slim', 'timm']
+    """
     info = get_model_info(name)
     layouts = getattr(importlib.import_module(info.constructor.__module__), "LAYOUTS", {})
     return layouts[info.name] if info.name in layouts else layouts
@@ -52,8 +99,23 @@ def _count(weights):
 
 
 def describe(name: str, model) -> dict:
-    """The manifest of ``model``: a registered variant built with its top and, where
-    the family has them, its auxiliary heads."""
+    """The manifest of ``model``, as :func:`load_manifest` returns it.
+
+    Args:
+        name: the registry name of ``model``'s variant.
+        model: the variant built with its top and, where the family has them, its
+            auxiliary heads (the input size does not matter).
+
+    Returns:
+        The manifest dict (see :func:`load_manifest`).
+
+    Example:
+        >>> import keras_inception
+        >>> from keras_inception.manifest import describe, load_manifest
+        >>> model = keras_inception.GoogLeNet(input_shape=(32, 32, 3), aux_logits=True)
+        >>> describe("googlenet", model)["layers"] == load_manifest("googlenet")["layers"]
+        True
+    """
     info = get_model_info(name)
     aux_layers = {l.name for l in model.layers if l.name.startswith(info.aux_heads)} \
         if info.aux_heads else set()
@@ -87,7 +149,26 @@ def describe(name: str, model) -> dict:
 
 
 def dumps(desc: dict) -> str:
-    """JSON with one list row per line: small diffs when a manifest changes."""
+    """JSON with one list row per line: small diffs when a manifest changes.
+
+    Args:
+        desc: a manifest (see :func:`describe`).
+
+    Returns:
+        The JSON text, ending with a newline.
+
+    Example:
+        >>> from keras_inception.manifest import dumps
+        >>> print(dumps({"model": "m", "layers": [["conv", "Conv2D", []]],
+        ...              "layouts": {}}), end="")
+        {
+          "model": "m",
+          "layers": [
+            ["conv", "Conv2D", []]
+          ],
+          "layouts": {}
+        }
+    """
     lines = ["{"]
     items = list(desc.items())
     for i, (key, value) in enumerate(items):
@@ -109,7 +190,7 @@ def dumps(desc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_reference_model(name: str):
+def _build_reference_model(name: str):
     """The configuration a manifest describes: top, aux heads, canonical size."""
     info = get_model_info(name)
     size = max(info.default_size, info.aux_min_size)
@@ -119,12 +200,29 @@ def build_reference_model(name: str):
 
 
 def main(argv=None):
+    """``python -m keras_inception.manifest [MODEL ...]``: rewrites the manifests.
+
+    Builds each model (default: every registered one) and writes its manifest
+    into ``keras_inception/manifests``; review the diff before committing it.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Example:
+        >>> from keras_inception.manifest import main
+        >>> try:
+        ...     main(["--help"])  # doctest: +ELLIPSIS
+        ... except SystemExit as exit:
+        ...     print("exit", exit.code)
+        usage: ...
+        exit 0
+    """
     parser = argparse.ArgumentParser(description="Write the per-variant manifests.")
     parser.add_argument("models", nargs="*", help="default: every registered model")
     args = parser.parse_args(argv)
     for name in args.models or list_models():
-        desc = describe(name, build_reference_model(name))
-        with open(manifest_path(get_model_info(name).name), "w") as f:
+        desc = describe(name, _build_reference_model(name))
+        with open(_manifest_path(get_model_info(name).name), "w") as f:
             f.write(dumps(desc))
         print(f"{name}: {len(desc['layers'])} layers, params {desc['params']}, "
               f"layouts {sorted(desc['layouts'])}")

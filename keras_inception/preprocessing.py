@@ -28,6 +28,9 @@ from typing import List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
+__all__ = ["attach_preprocessing", "decode_predictions", "imagenet_classes", "load_image",
+           "preprocess_input", "preprocessing_for"]
+
 MODES = ("inception", "torch", "caffe")
 
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -134,6 +137,16 @@ def attach_preprocessing(model, mode: str):
     Meant for the code that loads named weights; :func:`preprocessing_for` reads it
     back. The record is a plain attribute: it does not survive saving and reloading.
 
+    Args:
+        model: a Keras model.
+        mode: ``"inception"``, ``"torch"`` or ``"caffe"``.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: an unknown mode.
+
     Example:
         >>> import keras
         >>> from keras_inception.preprocessing import attach_preprocessing, preprocessing_for
@@ -232,6 +245,12 @@ def imagenet_classes(num_classes: int = 1000) -> List[Tuple[str, str]]:
     Args:
         num_classes: 1000 (ILSVRC-2012, sorted by WordNet id) or 1001 (TF-Slim:
             ``("background", "background")`` first, then the 1000).
+
+    Returns:
+        A list of ``(wnid, name)`` tuples.
+
+    Raises:
+        ValueError: any other ``num_classes``.
 
     Example:
         >>> from keras_inception.preprocessing import imagenet_classes

@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
+__all__ = ["WeightsEntry", "check_compatible", "create_or_random", "find_weights_entry",
+           "get_weights_entry", "list_weights", "weights_file"]
+
 _KERAS = "https://storage.googleapis.com/tensorflow/keras-applications"
 _SLIM = "http://download.tensorflow.org/models"
 _TORCHVISION = "https://download.pytorch.org/models"
@@ -30,21 +33,34 @@ class WeightsEntry:
         format: ``keras_h5``, ``tf_checkpoint`` (TF-Slim ``.tar.gz``), ``torch``
             (torchvision ``.pth``) or ``safetensors`` (timm).
         layout: the reference layout it converts by (see ``refmaps``).
-        md5 / sha256 / sha256_prefix: the hash the download must have; None where
-            upstream publishes none (the entry is then marked unpinned).
+        md5: the MD5 the download must have; None where upstream publishes none.
+        sha256: the SHA-256 the download must have, where known.
+        sha256_prefix: a prefix of the SHA-256 (torch hub file names carry one).
+            An entry with none of the three hashes and no ``revision`` is unpinned.
         revision: the pinned revision for hub files, where known.
-        notop_url / notop_md5: keras.applications' headless file.
+        notop_url: keras.applications' headless file, if any.
+        notop_md5: the MD5 of ``notop_url``.
         classes: classes of the published classifier (1001: class 0 background).
         preprocessing: ``inception`` ([-1, 1]), ``torch`` (ImageNet mean/std) or
             ``caffe`` (BGR, mean subtracted).
-        input_size / crop_fraction / interpolation: the evaluation transform.
+        input_size: the side of the evaluation input.
+        crop_fraction: the evaluation centre crop (resize to
+            ``input_size / crop_fraction``, then crop ``input_size``).
+        interpolation: the evaluation resize filter.
         aux_trained: whether the auxiliary heads carry trained weights.
         model_kwargs: constructor arguments the upstream arithmetic needs
             (``arithmetic``, ``bn_epsilon``).
-        top1 / top5: ImageNet-1k validation accuracy (percent) as its publisher
+        top1: ImageNet-1k validation top-1 accuracy (percent) as its publisher
             reports it; None where we could not read the publisher's figure.
+        top5: the top-5 accuracy, likewise.
         licence: the weights' licence.
         source: who published them, for the docs.
+
+    Example:
+        >>> import keras_inception
+        >>> entry = keras_inception.get_weights_entry("inception_v3", "tf_slim")
+        >>> entry.classes, entry.format, entry.aux_trained, entry.pinned
+        (1001, 'tf_checkpoint', True, False)
     """
 
     model: str
@@ -72,10 +88,12 @@ class WeightsEntry:
 
     @property
     def pinned(self) -> bool:
+        """Whether the download is checked against a hash or a pinned revision."""
         return bool(self.md5 or self.sha256 or self.sha256_prefix or self.revision)
 
     @property
     def filename(self) -> str:
+        """The file name at the end of ``url``."""
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -170,6 +188,15 @@ for _entry in _ENTRIES:
 def list_weights(model: Optional[str] = None) -> list:
     """The published weights, as ``[WeightsEntry]``, for one family or all.
 
+    Args:
+        model: a registry name or alias; None lists every family's weights.
+
+    Returns:
+        A list of :class:`WeightsEntry`, the family's default (``"imagenet"``) first.
+
+    Raises:
+        ValueError: ``model`` is not a registered name.
+
     Example:
         >>> import keras_inception
         >>> [w.tag for w in keras_inception.list_weights("inception_v3")]
@@ -183,7 +210,25 @@ def list_weights(model: Optional[str] = None) -> list:
 
 
 def get_weights_entry(model: str, tag: str) -> WeightsEntry:
-    """The entry ``tag`` of ``model``; a clear error lists the known tags."""
+    """The entry ``tag`` of ``model``; a clear error lists the known tags.
+
+    Args:
+        model: a registry name or alias.
+        tag: a weights name (``"imagenet"``, ``"tf_slim"``, ...).
+
+    Returns:
+        The :class:`WeightsEntry`.
+
+    Raises:
+        ValueError: unknown model, or a tag the family does not have (the message
+            lists the known ones).
+
+    Example:
+        >>> import keras_inception
+        >>> entry = keras_inception.get_weights_entry("googlenet", "imagenet")
+        >>> entry.input_size, entry.preprocessing
+        (224, 'inception')
+    """
     from keras_inception.registry import get_model_info
 
     name = get_model_info(model).name
@@ -203,7 +248,29 @@ CONVERTER_VERSION = 1
 
 def check_compatible(entry: WeightsEntry, *, include_top: bool, classes: int,
                      aux_logits: bool) -> None:
-    """Raises before any download when the model cannot take ``entry``'s weights."""
+    """Raises before any download when the model cannot take ``entry``'s weights.
+
+    Args:
+        entry: the weights to load.
+        include_top: whether the model has its classifier.
+        classes: the model's class count (checked only with ``include_top``).
+        aux_logits: whether the model has auxiliary heads (the weights must have
+            trained ones).
+
+    Raises:
+        ValueError: a class count or an auxiliary head the weights cannot fill;
+            the message says which arguments would work.
+
+    Example:
+        >>> from keras_inception.pretrained import check_compatible, get_weights_entry
+        >>> slim = get_weights_entry("inception_v3", "tf_slim")
+        >>> check_compatible(slim, include_top=True, classes=1000, aux_logits=True)
+        >>> check_compatible(slim, include_top=True, classes=10,
+        ...                  aux_logits=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: weights='tf_slim' for inception_v3 have a 1001-class classifier; ...
+    """
     if include_top:
         allowed = {1000, 1001} if entry.classes == 1001 else {entry.classes}
         if classes not in allowed:
@@ -227,8 +294,38 @@ def weights_file(entry: WeightsEntry, *, include_top: bool = True,
 
     Keras files are used as published; other formats are converted once into our
     ``.weights.h5``, cached under a key made of the source file's hash (the pinned
-    one, else its SHA-256), the class count and :data:`CONVERTER_VERSION`, so the second load needs no network and no
-    conversion.
+    one, else its SHA-256), the class count and ``CONVERTER_VERSION``, so the second
+    load needs no network and no conversion.
+
+    Args:
+        entry: the weights to fetch.
+        include_top: False picks keras.applications' headless file where there is
+            one.
+        classes: 1001 keeps TF-Slim's background class in the converted file; any
+            other count converts to 1000.
+
+    Returns:
+        The path of a file :func:`keras_inception.load_weights` reads.
+
+    Raises:
+        keras_inception.download.DownloadError: the file is not cached and cannot
+            be downloaded (offline, or the server fails); the message says where
+            to put it by hand.
+        keras_inception.download.ChecksumError: the download has the wrong hash.
+
+    Example:
+        >>> import os, tempfile
+        >>> from unittest import mock
+        >>> from keras_inception.download import DownloadError
+        >>> from keras_inception.pretrained import get_weights_entry, weights_file
+        >>> entry = get_weights_entry("googlenet", "imagenet")
+        >>> with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {
+        ...         "KERAS_INCEPTION_CACHE": tmp, "KERAS_INCEPTION_OFFLINE": "1"}):
+        ...     try:
+        ...         weights_file(entry)
+        ...     except DownloadError as err:
+        ...         print(err.url == entry.url)
+        True
     """
     from keras_inception import download
 
@@ -265,6 +362,13 @@ def find_weights_entry(model: str, weights) -> Optional[WeightsEntry]:
     family has no entry for (the constructor then reports the unknown name, or
     :func:`create_or_random` falls back). Recipes read an entry's input size, crop
     and preprocessing from it before building anything.
+
+    Args:
+        model: a registry name or alias.
+        weights: what a user passed as ``weights=``: a name, a path or None.
+
+    Returns:
+        The :class:`WeightsEntry`, or None.
 
     Example:
         >>> from keras_inception.pretrained import find_weights_entry

@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+__all__ = ["Entry", "LayoutBuilder", "apply_transform", "build_layout"]
+
 # Transforms from an upstream tensor to ours (all exact, no arithmetic but layout).
 IDENTITY = "identity"
 CONV_OIHW = "conv_oihw"          # torch conv (out, in, kh, kw) -> keras (kh, kw, in, out)
@@ -37,7 +39,20 @@ HEADLESS_SOURCES = ("facenet",)
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One upstream tensor and where it goes in our model."""
+    """One upstream tensor and where it goes in our model.
+
+    Attributes:
+        key: the tensor's key in the upstream checkpoint.
+        shape: its shape as published (upstream layout).
+        layer: the name of our layer it becomes; None for bookkeeping tensors.
+        weight: the name of our weight in that layer (``kernel``, ``gamma``, ...).
+        transform: how to turn it into ours (``identity``, ``conv_oihw``, ...).
+
+    Example:
+        >>> from keras_inception.refmaps import Entry
+        >>> Entry("fc.bias", (10,), "predictions", "bias", "identity").as_row()
+        ['fc.bias', [10], 'predictions', 'bias', 'identity']
+    """
 
     key: str
     shape: Tuple[int, ...]
@@ -46,6 +61,11 @@ class Entry:
     transform: str
 
     def as_row(self):
+        """The entry as the list row the manifests store.
+
+        Returns:
+            ``[key, list(shape), layer, weight, transform]``.
+        """
         return [self.key, list(self.shape), self.layer, self.weight, self.transform]
 
 
@@ -66,7 +86,23 @@ def _to_torch_shape(shape, transform):
 
 
 def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
-    """Turns an upstream tensor into our layout (see the transform constants)."""
+    """Turns an upstream tensor into our layout (see the transform constants).
+
+    Args:
+        array: the tensor as published.
+        transform: one of the transform constants of this module (``conv_oihw``:
+            torch ``(out, in, kh, kw)`` to Keras ``(kh, kw, in, out)``, ...);
+            ``identity``, ``fold_gamma`` and ``skip`` leave it as it is.
+
+    Returns:
+        The array in our layout.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_inception.refmaps import CONV_OIHW, apply_transform
+        >>> apply_transform(np.zeros((64, 3, 7, 5)), CONV_OIHW).shape
+        (7, 5, 3, 64)
+    """
     if transform == CONV_OIHW:
         return np.transpose(array, (2, 3, 1, 0))
     if transform == DENSE_OI:
@@ -85,8 +121,27 @@ def apply_transform(array: np.ndarray, transform: str) -> np.ndarray:
 class LayoutBuilder:
     """Collects the entries of one layout from a built model of ours.
 
-    ``weights_of(layer)`` looks our weights up by layer name, so a layout written
-    against a wrong name or a missing layer fails at once.
+    Our weights are looked up by layer name, so a layout written against a wrong
+    name or a missing layer fails at once. A family's layout rules call the
+    per-naming-style helpers (:meth:`slim_conv_bn`, :meth:`torch_conv_bn`, ...).
+
+    Args:
+        model: a built keras_inception model.
+        classes_offset: classes the upstream heads have beyond ours (1 for
+            TF-Slim's background class when ours has 1000).
+
+    Attributes:
+        entries: the :class:`Entry` list collected so far.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.refmaps import LayoutBuilder
+        >>> model = keras.Sequential([keras.Input((4,)),
+        ...                           keras.layers.Dense(3, name="predictions")])
+        >>> builder = LayoutBuilder(model)
+        >>> builder.torch_dense("predictions", "fc")
+        >>> [(e.key, e.shape, e.transform) for e in builder.entries]
+        [('fc.weight', (3, 4), 'dense_oi'), ('fc.bias', (3,), 'identity')]
     """
 
     def __init__(self, model, classes_offset=0):
@@ -100,6 +155,7 @@ class LayoutBuilder:
         self.classes_offset = classes_offset
 
     def has(self, layer: str) -> bool:
+        """Whether the model has a weighted layer called ``layer``."""
         return layer in self._shapes
 
     def _shape(self, layer, weight):
@@ -109,6 +165,15 @@ class LayoutBuilder:
             raise KeyError(f"layout names {layer}/{weight}, which the model lacks") from None
 
     def add(self, key, layer, weight, transform, shape=None):
+        """One entry: upstream ``key`` becomes our ``layer``'s ``weight``.
+
+        Args:
+            key: the upstream tensor key.
+            layer: our layer name.
+            weight: our weight name in that layer.
+            transform: the transform constant.
+            shape: the upstream shape (default: ours, mapped by ``transform``).
+        """
         if shape is None:
             shape = _to_torch_shape(self._shape(layer, weight), transform)
         self.entries.append(Entry(key, tuple(int(d) for d in shape), layer, weight,
@@ -150,6 +215,7 @@ class LayoutBuilder:
             self.extra(f"{key}.num_batches_tracked", (), SKIP)
 
     def torch_dense(self, ours: str, module: str):
+        """torch ``nn.Linear`` ``module.{weight,bias}`` into our dense ``ours``."""
         self.add(f"{module}.weight", ours, "kernel", DENSE_OI,
                  shape=self._head_shape(ours, "kernel", DENSE_OI))
         self.add(f"{module}.bias", ours, "bias", IDENTITY,
@@ -170,7 +236,27 @@ class LayoutBuilder:
 
 
 def build_layout(model, rules: Callable[[LayoutBuilder], None], classes_offset=0):
-    """Runs a family's layout ``rules`` against ``model`` and returns the entries."""
+    """Runs a family's layout ``rules`` against ``model`` and returns the entries.
+
+    Args:
+        model: a built model of the family.
+        rules: a function that calls a :class:`LayoutBuilder`'s helpers (each
+            family module's ``LAYOUTS`` values).
+        classes_offset: see :class:`LayoutBuilder`.
+
+    Returns:
+        The list of :class:`Entry`, in upstream order.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.refmaps import build_layout
+        >>> model = keras.Sequential([keras.Input((4,)),
+        ...                           keras.layers.Dense(3, name="predictions")])
+        >>> rows = build_layout(model, lambda b: b.slim_logits(
+        ...     "predictions", "Logits", conv=False), classes_offset=1)
+        >>> [(e.key, e.shape) for e in rows]
+        [('Logits/weights', (4, 4)), ('Logits/biases', (4,))]
+    """
     builder = LayoutBuilder(model, classes_offset=classes_offset)
     rules(builder)
     return builder.entries

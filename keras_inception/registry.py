@@ -5,10 +5,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple
 
+__all__ = ["ModelInfo", "Stage", "constructor_info", "create_model", "get_model_info",
+           "list_models", "register"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A named stage of a network: the layer that ends it and its output stride."""
+    """A named stage of a network: the layer that ends it and its output stride.
+
+    Attributes:
+        name: the stage name (``"stem"``, ``"mixed_6"``, ...).
+        layer: the name of the layer whose output ends the stage.
+        stride: the stage's output stride (input side / feature-map side).
+
+    Example:
+        >>> import keras_inception
+        >>> stem = keras_inception.get_model_info("inception_v3").stage("stem")
+        >>> stem.stride
+        4
+    """
 
     name: str
     layer: str
@@ -33,6 +48,12 @@ class ModelInfo:
         keras_applications: name of the keras.applications model with the same
             weight layout and weighted-layer order (legacy ``.h5`` files load by it).
         paper: the reference publication.
+
+    Example:
+        >>> import keras_inception
+        >>> info = keras_inception.get_model_info("googlenet")
+        >>> info.name, info.default_size, info.aux_heads
+        ('googlenet', 224, ('aux1', 'aux2'))
     """
 
     name: str
@@ -49,6 +70,17 @@ class ModelInfo:
     paper: str = ""
 
     def stage(self, name: str) -> Stage:
+        """The stage called ``name``.
+
+        Args:
+            name: a stage name.
+
+        Returns:
+            The :class:`Stage`.
+
+        Raises:
+            ValueError: the family has no such stage (the message lists them).
+        """
         for stage in self.stages:
             if stage.name == name:
                 return stage
@@ -56,7 +88,11 @@ class ModelInfo:
         raise ValueError(f"{self.name} has no stage {name!r}; its stages are: {known}.")
 
     def feature_layers(self) -> Dict[int, str]:
-        """Output stride -> name of the last layer at that stride."""
+        """Output stride -> name of the last layer at that stride.
+
+        Returns:
+            A dict ``{stride: layer name}``.
+        """
         layers = {}
         for stage in self.stages:
             layers[stage.stride] = stage.layer
@@ -68,6 +104,22 @@ _ALIASES: Dict[str, str] = {}
 
 
 def register(info: ModelInfo) -> ModelInfo:
+    """Adds a family to the registry (each family module registers its own).
+
+    Args:
+        info: the family's :class:`ModelInfo`; its name and aliases become known
+            to :func:`get_model_info` and :func:`create_model`.
+
+    Returns:
+        ``info``, so a module can write ``INFO = register(ModelInfo(...))``.
+
+    Example:
+        >>> import keras_inception
+        >>> from keras_inception.registry import register
+        >>> info = keras_inception.get_model_info("xception")
+        >>> register(info) is info
+        True
+    """
     _REGISTRY[info.name] = info
     for alias in info.aliases:
         _ALIASES[alias] = info.name
@@ -75,7 +127,23 @@ def register(info: ModelInfo) -> ModelInfo:
 
 
 def constructor_info(constructor) -> ModelInfo:
-    """The registry entry built by ``constructor``."""
+    """The registry entry built by ``constructor``.
+
+    Args:
+        constructor: a family constructor (``keras_inception.InceptionV3``).
+
+    Returns:
+        Its :class:`ModelInfo`.
+
+    Raises:
+        LookupError: ``constructor`` is not registered.
+
+    Example:
+        >>> import keras_inception
+        >>> from keras_inception.registry import constructor_info
+        >>> constructor_info(keras_inception.InceptionV3).name
+        'inception_v3'
+    """
     for info in _REGISTRY.values():
         if info.constructor is constructor:
             return info
@@ -95,6 +163,15 @@ def _canonical(name: str) -> str:
 def get_model_info(name: str) -> ModelInfo:
     """Returns the :class:`ModelInfo` of a registered model or alias.
 
+    Args:
+        name: a registry name or alias (case and ``-``/``_`` insensitive).
+
+    Returns:
+        The family's :class:`ModelInfo`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+
     Example:
         >>> import keras_inception
         >>> keras_inception.get_model_info("inception_v3").default_size
@@ -105,6 +182,9 @@ def get_model_info(name: str) -> ModelInfo:
 
 def list_models() -> list:
     """Names of every registered model family, sorted.
+
+    Returns:
+        A sorted list of registry names (aliases excluded).
 
     Example:
         >>> import keras_inception
@@ -122,6 +202,12 @@ def create_model(model_name: str, /, **kwargs):
         **kwargs: passed to the family's constructor (``include_top``, ``weights``,
             ``name`` (the Keras model name),
             ``input_shape``, ``classes``, ``aux_logits``, ...).
+
+    Returns:
+        The ``keras.Model``.
+
+    Raises:
+        ValueError: an unknown name, or arguments the constructor rejects.
 
     Example:
         >>> import keras_inception

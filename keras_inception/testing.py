@@ -16,6 +16,9 @@ import numpy as np
 
 from keras_inception.registry import get_model_info
 
+__all__ = ["deterministic_weights", "main_head", "predict", "reference_images",
+           "reference_outputs", "zoo_model"]
+
 
 def _draw(path: str, shape, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(path.encode("utf8"))])
@@ -61,11 +64,20 @@ def deterministic_weights(model, seed: int = 0) -> None:
     Xception compound their variance into logits in the hundreds, whose float32
     rounding then exceeds any fixed tolerance.
 
+    Args:
+        model: any Keras model; each value depends only on its weight's path,
+            shape and ``seed``.
+        seed: another seed gives other values.
+
     Example:
-        >>> import keras_inception
+        >>> import keras, numpy as np
         >>> from keras_inception.testing import deterministic_weights
-        >>> model = keras_inception.GoogLeNet(input_shape=(64, 64, 3), classes=4)
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> deterministic_weights(model)
+        >>> first = model.get_weights()
+        >>> deterministic_weights(model)
+        >>> all(np.array_equal(a, b) for a, b in zip(first, model.get_weights()))
+        True
     """
     damped = _identity_residual_bns(model)
     for layer in model.layers:
@@ -80,16 +92,47 @@ def deterministic_weights(model, seed: int = 0) -> None:
 
 
 def reference_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
-    """A fixed batch of channels-last images in [-1, 1] (the Inception input range)."""
+    """A fixed batch of channels-last images in [-1, 1] (the Inception input range).
+
+    Args:
+        batch: number of images.
+        size: their side in pixels.
+        seed: another seed gives other images.
+
+    Returns:
+        A float32 array of shape ``(batch, size, size, 3)``.
+
+    Example:
+        >>> from keras_inception.testing import reference_images
+        >>> x = reference_images(2, 8)
+        >>> x.shape, x.dtype.name, bool(x.min() >= -1 and x.max() <= 1)
+        ((2, 8, 8, 3), 'float32', True)
+    """
     rng = np.random.default_rng([seed, size, batch])
     return rng.uniform(-1.0, 1.0, (batch, size, size, 3)).astype("float32")
 
 
 @functools.lru_cache(maxsize=None)
 def zoo_model(name: str):
-    """A variant with its top, its aux heads (if any), logits out, any input size and
-    :func:`deterministic_weights`: the model the cross-backend references describe.
-    Cached per process (building is the slow part): never mutate it."""
+    """The model the cross-backend references describe, built once per process.
+
+    A variant with its top, its aux heads (if any), logits out, any input size and
+    :func:`deterministic_weights`. Cached per process (building is the slow part):
+    never mutate it.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        The cached ``keras.Model``.
+
+    Example:
+        >>> from keras_inception.testing import zoo_model
+        >>> sorted(zoo_model("googlenet").output)
+        ['aux1', 'aux2', 'logits']
+        >>> zoo_model("googlenet") is zoo_model("googlenet")
+        True
+    """
     info = get_model_info(name)
     kwargs = {"aux_logits": True} if info.aux_heads else {}
     model = info.constructor(input_shape=(None, None, 3), classifier_activation=None,
@@ -100,8 +143,21 @@ def zoo_model(name: str):
 
 @functools.lru_cache(maxsize=None)
 def main_head(name: str):
-    """:func:`zoo_model` restricted to its main output (it runs at the minimum size,
-    where the aux heads cannot)."""
+    """:func:`zoo_model` restricted to its main output.
+
+    It runs at the family's minimum input size, where the aux heads cannot.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        A ``keras.Model`` (cached) sharing :func:`zoo_model`'s layers.
+
+    Example:
+        >>> from keras_inception.testing import main_head
+        >>> main_head("googlenet").output_shape
+        (None, 1000)
+    """
     model = zoo_model(name)
     if isinstance(model.output, dict):
         return keras.Model(model.input, model.output["logits"])
@@ -114,6 +170,18 @@ def predict(model, x):
     JAX runs op by op very slowly, so it goes through the compiled ``predict``;
     TensorFlow would spend seconds tracing a graph, so it (and PyTorch) call the
     model eagerly.
+
+    Args:
+        model: a Keras model.
+        x: a batch of inputs (NumPy).
+
+    Returns:
+        The outputs as NumPy arrays, in the model's output structure.
+
+    Example:
+        >>> from keras_inception.testing import main_head, predict, reference_images
+        >>> predict(main_head("googlenet"), reference_images(2, 32)).shape
+        (2, 1000)
     """
     if keras.backend.backend() == "jax":
         out = model.predict(x, verbose=0, batch_size=len(x))
@@ -127,9 +195,26 @@ ODD_SIZE = 97
 
 
 def reference_outputs(name: str) -> dict:
-    """Outputs of :func:`zoo_model` on :func:`reference_images`: main logits at the
-    minimum size and at :data:`ODD_SIZE` (batch 2), and every head at the aux
-    minimum size (batch 1)."""
+    """Outputs of :func:`zoo_model` on :func:`reference_images`.
+
+    Main logits at the minimum size and at ``ODD_SIZE`` (97 px, batch 2), and every
+    head at the aux minimum size (batch 1): what ``tests/reference`` stores and the
+    other backends must reproduce.
+
+    Args:
+        name: a registry name or alias.
+
+    Returns:
+        ``{output name: NumPy array}``.
+
+    Example:
+        >>> from keras_inception.testing import reference_outputs
+        >>> outputs = reference_outputs("googlenet")
+        >>> sorted(outputs)
+        ['aux_input/aux1', 'aux_input/aux2', 'aux_input/logits', 'logits', 'odd_size/logits']
+        >>> outputs["odd_size/logits"].shape
+        (2, 1000)
+    """
     info = get_model_info(name)
     out = {"logits": predict(main_head(name), reference_images(2, info.min_size)),
            "odd_size/logits": predict(main_head(name), reference_images(2, ODD_SIZE))}

@@ -89,11 +89,38 @@ OUTPUT_FILES = ("history.json", "history.csv", "training_curves.png",
 
 
 class RunMismatchError(ValueError):
-    """An output folder holds a run with other settings than the ones given."""
+    """An output folder holds a run with other settings than the ones given.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = atomic_write_json(f"{tmp}/{STATE_FILE}", {
+        ...         "version": 1, "epochs_done": 1, "history": [],
+        ...         "fingerprint": {"config": {"model": "googlenet"}, "phases": []}})
+        ...     try:
+        ...         Run(tmp, [Phase("head", 1, 1e-3)], config={"model": "xception"},
+        ...             print_fn=None)
+        ...     except RunMismatchError as err:
+        ...         print(type(err).__name__)
+        RunMismatchError
+    """
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model (or optimizer) it is loaded into."""
+    """A checkpoint that does not fit the model (or optimizer) it is loaded into.
+
+    Example:
+        >>> import tempfile, keras
+        >>> small = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> large = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = save_checkpoint(small, tmp)
+        ...     try:
+        ...         load_checkpoint(large, tmp, optimizer=False)
+        ...     except CheckpointError as err:
+        ...         print(type(err).__name__)
+        CheckpointError
+    """
 
 
 # --------------------------------------------------------------------------- files
@@ -166,6 +193,13 @@ def _write_text(path, text: str) -> str:
 
 def atomic_write_json(path, obj) -> str:
     """Writes ``obj`` as indented JSON with :func:`atomic_write`.
+
+    Args:
+        path: the destination file.
+        obj: a JSON-serialisable object.
+
+    Returns:
+        ``path``.
 
     Example:
         >>> import json, os, tempfile
@@ -275,6 +309,11 @@ def load_checkpoint(model, directory, *, optimizer: bool = True) -> None:
     is assigned. With ``optimizer``, the model must be compiled with the same kind
     of optimizer and the same trainable layers as when saved: the optimizer is
     built on the model's trainable variables and its state restored.
+
+    Args:
+        model: the model to restore (built as when saved).
+        directory: the checkpoint folder.
+        optimizer: also restore the optimizer's state.
 
     Raises:
         CheckpointError: the checkpoint does not fit, or has no optimizer state.
@@ -402,6 +441,11 @@ def apply_trainable(model, spec: TrainableSpec) -> List[str]:
     Frozen BatchNormalization layers run in inference mode (Keras 3: a layer with
     ``trainable=False`` uses its moving statistics and leaves them unchanged).
 
+    Args:
+        model: the model (a keras_inception one for ``"head"``, ``"stem"`` and
+            stage counts; any model for ``"all"`` and callables).
+        spec: ``"head"``, ``"stem"``, ``"all"``, an int, or ``fn(model)``.
+
     Returns:
         The names of the layers that have trainable weights afterwards.
 
@@ -470,6 +514,14 @@ def compile_args(model, *, aux_weight: float = 0.3, top_k: int = 5) -> dict:
     with ``aux_weight`` per auxiliary loss, plus the same top-k metric on the main
     head.
 
+    Args:
+        model: the classifier.
+        aux_weight: loss weight of each auxiliary head.
+        top_k: k of the top-k accuracy metric.
+
+    Returns:
+        ``{"loss": ..., "metrics": ...}`` (and ``"loss_weights"`` with aux heads).
+
     Example:
         >>> import keras
         >>> inputs = keras.Input((3,))
@@ -506,6 +558,11 @@ class MultiTarget(keras.utils.PyDataset):
     Keras wants one target per output of a model whose output is a dict
     (``{"logits", "aux"}``); this wraps a dataset of ``(x, y)`` batches to yield
     ``(x, {head: y for head in heads})``, and passes epoch ends on (shuffling).
+
+    Args:
+        dataset: a ``keras.utils.PyDataset`` of ``(x, y)`` batches.
+        heads: the output names of the model.
+        **kwargs: ``keras.utils.PyDataset`` arguments (``workers``, ...).
 
     Example:
         >>> import numpy as np
@@ -544,6 +601,10 @@ class FullBatches(keras.utils.PyDataset):
     seconds for the larger models on JAX); a training set reshuffled at each
     epoch loses no image for good by dropping the remainder. Epoch ends (and
     ``set_epoch``) are passed on.
+
+    Args:
+        dataset: a ``keras.utils.PyDataset``.
+        **kwargs: ``keras.utils.PyDataset`` arguments (``workers``, ...).
 
     Example:
         >>> import numpy as np
@@ -729,6 +790,12 @@ def classification_report(labels, probabilities, class_names: Sequence[str], *,
 def evaluation_markdown(report: dict) -> str:
     """The :func:`classification_report` as a Markdown table (also fine in a terminal).
 
+    Args:
+        report: what :func:`classification_report` returned.
+
+    Returns:
+        The table and an accuracy line.
+
     Example:
         >>> r = classification_report([0, 1], [[.9, .1], [.8, .2]], ["cat", "dog"])
         >>> print(evaluation_markdown(r))
@@ -807,6 +874,9 @@ def plot_history(history: Sequence[dict], path) -> str:
             metrics: ``loss``, ``val_loss``, ``accuracy``, auxiliary losses...).
         path: the PNG to write (atomically).
 
+    Returns:
+        ``path``.
+
     Example:
         >>> import os, tempfile
         >>> records = [{"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5},
@@ -863,6 +933,15 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str], path, *,
                           title: str = "confusion matrix (validation)") -> str:
     """Saves a confusion matrix (rows: true class, columns: predicted) as a PNG.
 
+    Args:
+        matrix: the counts, shape ``(classes, classes)``.
+        class_names: one per class.
+        path: the PNG to write (atomically).
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+
     Example:
         >>> import os, tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -896,6 +975,13 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str], path, *,
 @dataclasses.dataclass
 class RunResult:
     """What :meth:`Run.fit` did and wrote.
+
+    Example:
+        >>> result = RunResult("runs/flowers", history=[{"epoch": 1, "loss": 0.9}],
+        ...                    evaluation=None, trained_epochs=1, resumed_from=0,
+        ...                    files={"history": "runs/flowers/history.json"})
+        >>> result.trained_epochs + result.resumed_from
+        1
 
     Attributes:
         out_dir: the run's folder.
@@ -962,6 +1048,15 @@ class Run:
 
     Raises:
         RunMismatchError: ``out_dir`` holds a run with other settings.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     run = Run(tmp, [Phase("head", epochs=2, learning_rate=1e-3),
+        ...                     Phase("top", epochs=1, learning_rate=1e-4, trainable=2)],
+        ...               config={"model": "googlenet"})
+        ...     run.total_epochs, run.epochs_done, run.finished
+        (3, 0, False)
     """
 
     def __init__(self, out_dir, phases: Sequence[Phase], *, config: Optional[dict] = None,
@@ -1350,6 +1445,13 @@ def build_classifier(model_name: str, classes: int, *, image_size: int,
 def take_per_class(source, limit: Optional[int]):
     """The first ``limit`` images of each class of an image source (all if None).
 
+    Args:
+        source: a :class:`keras_inception.data.ImageSource`.
+        limit: images kept per class, or None for all.
+
+    Returns:
+        An :class:`~keras_inception.data.ImageSource` (``source`` itself for None).
+
     Example:
         >>> from keras_inception.data import ImageSource
         >>> source = ImageSource(list("abcde"), [0, 1, 0, 0, 1], ("x", "y"), "demo")
@@ -1420,6 +1522,19 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
         RunMismatchError: ``out_dir`` holds a run with other settings.
         ValueError: bad arguments or data (the message says which).
         keras_inception.data.DataUnavailable: no usable data.
+
+    Returns:
+        The :class:`RunResult`.
+
+    Example:
+        A whole run takes seconds to minutes (``recipes/finetune_flowers.py``, the
+        flowers tutorial); arguments are checked before any work:
+
+        >>> finetune(out_dir="runs/flowers", model_name="googlenet", limit=1,
+        ...          phases=[Phase("head", epochs=1, learning_rate=1e-3)])
+        Traceback (most recent call last):
+        ...
+        ValueError: limit must be at least 2 images per class (one to train, one to validate), got 1.
     """
     from keras_inception import data as D
     from keras_inception import preprocessing, registry
@@ -1487,8 +1602,28 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
 
 def add_finetune_arguments(parser, *, model: str, image_size: int, limit: int,
                            unfreeze: int, out_dir: str) -> None:
-    """Adds the arguments of the fine-tuning recipes to an ``argparse`` parser,
-    with these defaults (read by :func:`finetune_cli`)."""
+    """Adds the arguments of the fine-tuning recipes to an ``argparse`` parser.
+
+    The keyword arguments are the recipe's defaults; :func:`finetune_cli` reads
+    the parsed result.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+        model: default ``--model``.
+        image_size: default ``--image-size``.
+        limit: default ``--limit`` (and ``--synthetic-per-class``).
+        unfreeze: default ``--unfreeze``.
+        out_dir: default ``--out-dir``.
+
+    Example:
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser()
+        >>> add_finetune_arguments(parser, model="googlenet", image_size=96, limit=20,
+        ...                        unfreeze=2, out_dir="runs/flowers")
+        >>> args = parser.parse_args(["--epochs-head", "1"])
+        >>> args.model, args.image_size, args.epochs_head, args.unfreeze
+        ('googlenet', 96, 1, 2)
+    """
     from keras_inception import registry
 
     parser.add_argument("--model", default=model,
@@ -1550,7 +1685,22 @@ def add_finetune_arguments(parser, *, model: str, image_size: int, limit: int,
 
 
 def finetune_phases(args) -> List[Phase]:
-    """Head first, then the top stages at the lower learning rate."""
+    """Head first, then the top stages at the lower learning rate.
+
+    Args:
+        args: parsed :func:`add_finetune_arguments` arguments.
+
+    Returns:
+        The two :class:`Phase` s, ``head`` and ``top_stages``.
+
+    Example:
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser()
+        >>> add_finetune_arguments(parser, model="googlenet", image_size=96, limit=20,
+        ...                        unfreeze=2, out_dir="runs")
+        >>> [(p.name, p.trainable) for p in finetune_phases(parser.parse_args([]))]
+        [('head', 'head'), ('top_stages', 2)]
+    """
     return [Phase("head", epochs=args.epochs_head, learning_rate=args.lr_head,
                   trainable="head", optimizer=args.optimizer),
             Phase("top_stages", epochs=args.epochs_finetune,
@@ -1579,6 +1729,23 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
 
     User errors (bad arguments, data, another run in the folder) print one line
     on stderr and give 2; an interruption says how to resume and gives 130.
+
+    Args:
+        args: parsed :func:`add_finetune_arguments` arguments.
+        prog: the program name for error lines.
+        aux_weight: None trains the main head only; a number adds the auxiliary
+            heads (see :func:`finetune`).
+
+    Returns:
+        The exit status: 0, 2 or 130.
+
+    Example:
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser()
+        >>> add_finetune_arguments(parser, model="googlenet", image_size=96, limit=20,
+        ...                        unfreeze=2, out_dir="runs")
+        >>> finetune_cli(parser.parse_args(["--batch-size", "0"]), "finetune.py")
+        2
     """
     from keras_inception import data
 

@@ -44,6 +44,9 @@ from keras_inception import layers as L
 from keras_inception.features import infer_info
 from keras_inception.registry import ModelInfo, _REGISTRY
 
+__all__ = ["aux_compile_args", "freeze_stem", "freeze_up_to", "main_head", "replace_head",
+           "trainable_summary", "unfreeze_top", "with_aux_heads"]
+
 MAIN_OUTPUT = "logits"  # the key of the main head in multi-output models (base.py)
 POOLINGS = ("avg", "max")
 
@@ -175,6 +178,12 @@ def freeze_stem(model: keras.Model) -> List[str]:
 
     The same as ``freeze_up_to(model, "stem")``: every family has a ``stem`` stage.
 
+    Args:
+        model: a keras_inception model (any family, head or aux heads).
+
+    Returns:
+        The names of the layers frozen, in model order.
+
     Example:
         >>> import keras_inception
         >>> from keras_inception.transfer import freeze_stem
@@ -257,6 +266,9 @@ def trainable_summary(model: keras.Model,
     Args:
         model: a keras_inception model.
         print_fn: called with the table; ``None`` to only return it.
+
+    Returns:
+        The table, as printed.
 
     Example:
         >>> import keras_inception
@@ -438,6 +450,9 @@ def with_aux_heads(model: keras.Model, classes: Optional[int] = None, *,
         activation: their activation (default: the main head's).
         name: the new model's name (default: ``model``'s).
 
+    Returns:
+        A new ``keras.Model`` sharing ``model``'s layers, with a dict output.
+
     Raises:
         ValueError: the family has no auxiliary heads (the message names those
             that do), the model has no classifier, or its input is smaller than
@@ -546,6 +561,16 @@ def main_head(model: keras.Model) -> keras.Model:
     A model whose output is a dict (aux heads) gives a model on the same input
     and layers returning its ``"logits"`` output alone; a single-output model is
     returned as it is.
+
+    Args:
+        model: a Keras model with one output, or a dict of outputs with a
+            ``"logits"`` key.
+
+    Returns:
+        A ``keras.Model`` with the main output only, sharing ``model``'s layers.
+
+    Raises:
+        ValueError: a multi-output model without a ``"logits"`` output.
 
     Example:
         >>> import keras_inception

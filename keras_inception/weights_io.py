@@ -22,13 +22,44 @@ from typing import Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
+__all__ = ["WeightFileError", "assign_plan", "is_classifier_layer", "is_head_layer",
+           "load_weights"]
+
 
 class WeightFileError(ValueError):
-    """A weight file that cannot be read or does not fit the model."""
+    """A weight file that cannot be read or does not fit the model.
+
+    A ``ValueError``; nothing has been assigned when it is raised.
+
+    Example:
+        >>> import os, tempfile
+        >>> import keras_inception
+        >>> model = keras_inception.GoogLeNet(input_shape=(32, 32, 3), classes=3)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "empty.weights.h5")
+        ...     _ = open(path, "wb").write(b"not hdf5")
+        ...     try:
+        ...         keras_inception.load_weights(model, path)
+        ...     except keras_inception.WeightFileError as err:
+        ...         print(str(err).split(":")[0])  # doctest: +ELLIPSIS
+        Cannot read weight file '...empty.weights.h5'
+    """
 
 
 def is_classifier_layer(layer_name) -> bool:
-    """A layer with one output per class: the classifier or an aux head's."""
+    """A layer with one output per class: the classifier or an aux head's.
+
+    Args:
+        layer_name: a layer name (None and ``""`` are no layer).
+
+    Returns:
+        True for ``predictions`` and ``*_predictions``.
+
+    Example:
+        >>> from keras_inception.weights_io import is_classifier_layer
+        >>> is_classifier_layer("aux_predictions"), is_classifier_layer("mixed_5b")
+        (True, False)
+    """
     return bool(layer_name) and (layer_name == "predictions" or
                                  layer_name.endswith("_predictions"))
 
@@ -61,7 +92,7 @@ def _read_legacy(f) -> List[Tuple[str, List[np.ndarray]]]:
     return layers
 
 
-def read_weight_file(path) -> Tuple[str, object]:
+def _read_weight_file(path) -> Tuple[str, object]:
     """Returns ``("keras3", {layer: arrays})`` or ``("legacy", [(layer, arrays)])``."""
     try:
         with h5py.File(path, "r") as f:
@@ -116,7 +147,19 @@ def _plan_by_name(model, found: Dict[str, List[np.ndarray]], skip_missing):
 
 
 def is_head_layer(layer_name) -> bool:
-    """Head layers a headless model may ignore (classifier, aux heads)."""
+    """Head layers a headless model may ignore (classifier, aux heads).
+
+    Args:
+        layer_name: a layer name (None and ``""`` are no layer).
+
+    Returns:
+        True for the classifier and every auxiliary-head layer (``aux*``).
+
+    Example:
+        >>> from keras_inception.weights_io import is_head_layer
+        >>> is_head_layer("aux1_fc1"), is_head_layer("predictions"), is_head_layer("stem")
+        (True, True, False)
+    """
     return bool(layer_name) and (layer_name.startswith("aux") or
                                  is_classifier_layer(layer_name))
 
@@ -140,7 +183,7 @@ def _plan_by_order(model, layers, order: List[str]):
     return [(layer, arrays) for layer, (_, arrays) in zip(targets, layers)]
 
 
-def check_plan(plan):
+def _check_plan(plan):
     """Raises :class:`WeightFileError` on the first ``(layer, arrays)`` that does not fit."""
     for layer, arrays in plan:
         expected = [tuple(w.shape) for w in layer.weights]
@@ -165,9 +208,27 @@ def check_plan(plan):
 
 
 def assign_plan(plan):
-    """Checks every ``(layer, arrays)`` of ``plan``, then assigns them all: a plan
-    that does not fit raises before any weight changes."""
-    check_plan(plan)
+    """Checks every ``(layer, arrays)`` of ``plan``, then assigns them all.
+
+    A plan that does not fit raises before any weight changes.
+
+    Args:
+        plan: ``[(layer, [numpy arrays])]``, the arrays in ``layer.weights`` order.
+
+    Raises:
+        WeightFileError: the first layer whose arrays do not fit (both shapes in
+            the message, with a hint for class counts and BN gamma).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> from keras_inception.weights_io import assign_plan
+        >>> dense = keras.layers.Dense(2)
+        >>> dense.build((None, 3))
+        >>> assign_plan([(dense, [np.ones((3, 2)), np.zeros(2)])])
+        >>> float(np.asarray(dense.kernel).sum())
+        6.0
+    """
+    _check_plan(plan)
     for layer, arrays in plan:
         layer.set_weights(arrays)
 
@@ -190,13 +251,15 @@ def load_weights(model, path, *, info=None, skip_missing=False):
             whose shape differs (named, with both shapes). Nothing is assigned then.
 
     Example:
-        >>> import keras_inception, tempfile, os
-        >>> model = keras_inception.InceptionV3(input_shape=(75, 75, 3), classes=3)
-        >>> path = os.path.join(tempfile.mkdtemp(), "v3.weights.h5")
-        >>> model.save_weights(path)
-        >>> keras_inception.load_weights(model, path)
+        >>> import os, tempfile
+        >>> import keras_inception
+        >>> model = keras_inception.GoogLeNet(input_shape=(32, 32, 3), classes=3)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "googlenet.weights.h5")
+        ...     model.save_weights(path)
+        ...     keras_inception.load_weights(model, path)
     """
-    kind, content = read_weight_file(path)
+    kind, content = _read_weight_file(path)
     if kind == "keras3":
         plan = _plan_by_name(model, content, skip_missing)
     else:

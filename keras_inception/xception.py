@@ -24,6 +24,8 @@ from keras_inception import layers as L
 from keras_inception import refmaps
 from keras_inception.registry import ModelInfo, Stage, register
 
+__all__ = ["Xception", "downsampling_block", "middle_block", "sepconv_bn"]
+
 # Entry flow: (block, widths of its two separable convs, ReLU before the first?).
 # Block 2 reads the already activated stem, so it starts without a ReLU.
 ENTRY_FLOW = (
@@ -46,6 +48,24 @@ def sepconv_bn(x, filters, *, name, norm, activation="pre"):
     Creates ``{name}`` (SeparableConv2D), ``{name}_bn`` and ``{name}_act``: the ReLU
     comes before the convolution with ``activation="pre"`` (residual blocks), after
     the BN with ``"post"`` (block 14), and is left out with None.
+
+    Args:
+        x: the input tensor.
+        filters: output channels.
+        name: the layer-name prefix.
+        norm: the BatchNormalization settings (:class:`~keras_inception.layers.Norm`).
+        activation: ``"pre"``, ``"post"`` or None.
+
+    Returns:
+        The output tensor.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm
+        >>> from keras_inception.xception import sepconv_bn
+        >>> y = sepconv_bn(keras.Input((9, 9, 16)), 32, name="sep", norm=Norm())
+        >>> tuple(y.shape)
+        (None, 9, 9, 32)
     """
     if activation == "pre":
         x = layers.Activation("relu", name=f"{name}_act")(x)
@@ -68,6 +88,28 @@ def downsampling_block(x, widths, *, name, norm, relu_first=True, arithmetic="tf
     symmetric padding 1 instead (``MaxPool2d(3, 2, 1)``), which differs on even sides
     (block3's 74x74 map at a 299 input); ``arithmetic="torch"`` pads that way
     (``{name}_pool_pad``). The strided 1x1 shortcut samples the same pixels either way.
+
+    Args:
+        x: the input tensor.
+        widths: the output channels of each separable convolution; the last is the
+            block's width.
+        name: the layer-name prefix (and the name of the sum).
+        norm: the BatchNormalization settings.
+        relu_first: whether a ReLU precedes the first separable convolution (not
+            in block 2, which follows the stem's ReLU).
+        arithmetic: ``"tf"`` or ``"torch"`` pool padding (see above).
+
+    Returns:
+        The output tensor, at half the input's resolution.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm
+        >>> from keras_inception.xception import downsampling_block
+        >>> y = downsampling_block(keras.Input((10, 10, 16)), (32, 32), name="block2",
+        ...                        norm=Norm(), relu_first=False)
+        >>> tuple(y.shape)
+        (None, 5, 5, 32)
     """
     shortcut = L.conv_bn(x, widths[-1], 1, strides=2, name=f"{name}_shortcut",
                          norm=norm, activation=None)
@@ -81,7 +123,23 @@ def downsampling_block(x, widths, *, name, norm, relu_first=True, arithmetic="tf
 
 
 def middle_block(x, *, name, norm):
-    """Middle flow block: three ReLU-SepConv-BN, identity shortcut; the sum is ``{name}``."""
+    """Middle flow block: three ReLU-SepConv-BN, identity shortcut; the sum is ``{name}``.
+
+    Args:
+        x: the input tensor, with 728 channels.
+        name: the layer-name prefix (and the name of the sum).
+        norm: the BatchNormalization settings.
+
+    Returns:
+        The output tensor, shaped like ``x``.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Norm
+        >>> from keras_inception.xception import middle_block
+        >>> tuple(middle_block(keras.Input((3, 3, 728)), name="block5", norm=Norm()).shape)
+        (None, 3, 3, 728)
+    """
     shortcut = x
     for i in range(1, MIDDLE_CONVS + 1):
         x = sepconv_bn(x, MIDDLE_WIDTH, name=f"{name}_sepconv{i}", norm=norm)

@@ -26,6 +26,8 @@ from keras_inception.convert import readers
 from keras_inception.weights_io import (
     WeightFileError, assign_plan, is_classifier_layer, is_head_layer)
 
+__all__ = ["ConversionError", "convert_file", "load_upstream"]
+
 log = logging.getLogger(__name__)
 
 # Which layouts read which file format, in order of preference (timm's
@@ -40,10 +42,20 @@ _TF_BOOKKEEPING = ("global_step", "/ExponentialMovingAverage", "/Momentum", "/RM
 
 
 class ConversionError(WeightFileError):
-    """An upstream checkpoint that does not fit the model (named tensor and shapes)."""
+    """An upstream checkpoint that does not fit the model (named tensor and shapes).
+
+    A :class:`~keras_inception.weights_io.WeightFileError`; nothing has been
+    assigned when it is raised.
+
+    Example:
+        >>> import keras_inception
+        >>> from keras_inception.convert import ConversionError
+        >>> issubclass(ConversionError, keras_inception.WeightFileError)
+        True
+    """
 
 
-def pick_layout(model_name: str, fmt: str, layout: Optional[str] = None) -> str:
+def _pick_layout(model_name: str, fmt: str, layout: Optional[str] = None) -> str:
     """The layout of ``model_name`` that reads files of format ``fmt``."""
     from keras_inception.manifest import layouts_of
 
@@ -79,7 +91,7 @@ def _head_keys_absent_from(model, model_name, layout) -> set:
             if (is_head_layer(layer) and layer not in present) or transform == refmaps.SKIP}
 
 
-def plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
+def _plan_from_tensors(model, tensors: Mapping[str, np.ndarray], layout: str, *,
                       model_name=None, skip_missing=False):
     """Turns upstream ``tensors`` into ``[(layer, arrays)]`` for ``model``.
 
@@ -189,13 +201,47 @@ def convert_file(path, model_name: str, out: str, *, layout=None, fmt=None,
     The model is built with its classifier (``classes`` defaults to 1000) and, when
     the checkpoint has trained auxiliary heads, with them, so ``out`` keeps every
     tensor; ``weights=out`` then loads into any configuration of the family.
+
+    Args:
+        path: a timm ``.safetensors``, a torchvision ``.pth`` or a TF-Slim
+            checkpoint (directory, prefix or ``.tar.gz``).
+        model_name: the registry name of the checkpoint's family.
+        out: the ``.weights.h5`` file to write.
+        layout: the reference layout to read it by (default: by file format).
+        fmt: the file format (default: from the name).
+        classes: 1001 keeps TF-Slim's background class; default 1000.
+
+    Returns:
+        The report of :func:`load_upstream`, plus ``aux`` (whether the aux heads
+        were converted) and ``out``.
+
+    Raises:
+        ConversionError: a missing, unexpected or misshapen tensor (named).
+        keras_inception.convert.readers.SourceFormatError: an unreadable file.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from safetensors.numpy import save_file
+        >>> from keras_inception.convert import convert_file
+        >>> from keras_inception.manifest import load_manifest
+        >>> rows = load_manifest("googlenet")["layouts"]["torchvision"]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     source = os.path.join(tmp, "googlenet.pth.safetensors")
+        ...     save_file({k: np.zeros(s, "float32") for k, s, *_ in rows}, source)
+        ...     out = os.path.join(tmp, "googlenet.weights.h5")
+        ...     report = convert_file(source, "googlenet", out, layout="torchvision")
+        ...     os.path.isfile(out)
+        True
+        >>> report["layout"], report["aux"]
+        ('torchvision', True)
     """
     from keras_inception.manifest import load_manifest
     from keras_inception.registry import get_model_info
 
     info = get_model_info(model_name)
     fmt = fmt or readers.detect_format(path)
-    layout = pick_layout(info.name, fmt, layout)
+    layout = _pick_layout(info.name, fmt, layout)
     tensors = readers.read(path, fmt)
     rows = load_manifest(info.name)["layouts"][layout]
     has_aux = any(layer and layer.startswith("aux") and key in tensors
@@ -203,7 +249,7 @@ def convert_file(path, model_name: str, out: str, *, layout=None, fmt=None,
     kwargs = {"aux_logits": True} if has_aux and info.aux_heads else {}
     model = info.constructor(input_shape=(None, None, 3), classes=classes or 1000,
                              **kwargs)
-    plan, report = plan_from_tensors(model, tensors, layout, model_name=info.name)
+    plan, report = _plan_from_tensors(model, tensors, layout, model_name=info.name)
     assign_plan(plan)
     model.save_weights(out)
     return {**report, "aux": bool(kwargs), "out": out}
@@ -225,26 +271,33 @@ def load_upstream(model, path, *, layout=None, fmt=None, model_name=None,
     Returns:
         A report: the layout used, tensors read and ignored, gammas folded.
 
+    Raises:
+        ConversionError: a missing, unexpected or misshapen tensor (named); nothing
+            is assigned then.
+        keras_inception.convert.readers.SourceFormatError: an unreadable file.
+
     Example:
-        >>> import keras_inception, tempfile, os
+        >>> import os, tempfile
+        >>> import numpy as np
         >>> from safetensors.numpy import save_file
+        >>> import keras_inception
         >>> from keras_inception.convert import load_upstream
         >>> from keras_inception.manifest import load_manifest
-        >>> import numpy as np
         >>> rows = load_manifest("xception")["layouts"]["timm"]
-        >>> path = os.path.join(tempfile.mkdtemp(), "x.safetensors")
-        >>> save_file({k: np.ones(s, "float32") for k, s, *_ in rows}, path)
         >>> model = keras_inception.Xception(input_shape=(71, 71, 3))
-        >>> load_upstream(model, path)["layout"]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "x.safetensors")
+        ...     save_file({k: np.ones(s, "float32") for k, s, *_ in rows}, path)
+        ...     load_upstream(model, path)["layout"]
         'timm'
     """
     from keras_inception.features import infer_info
 
     fmt = fmt or readers.detect_format(path)
     name = model_name or infer_info(model).name
-    layout = pick_layout(name, fmt, layout)
+    layout = _pick_layout(name, fmt, layout)
     tensors = readers.read(path, fmt)
-    plan, report = plan_from_tensors(model, tensors, layout, model_name=name,
+    plan, report = _plan_from_tensors(model, tensors, layout, model_name=name,
                                      skip_missing=skip_missing)
     assign_plan(plan)
     log.info("Loaded %s (%s layout): %s", path, layout, report)

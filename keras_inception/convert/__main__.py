@@ -7,8 +7,24 @@ from keras_inception.convert import ConversionError, convert_file
 from keras_inception.convert.readers import SourceFormatError
 from keras_inception.registry import list_models
 
+__all__ = ["main"]
+
 
 def main(argv=None) -> int:
+    """The ``python -m keras_inception.convert`` command line.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 once the file is written, 2 on an error (printed to
+        stderr in one line).
+
+    Example:
+        >>> from keras_inception.convert.__main__ import main
+        >>> main(["weights.xyz", "--model", "googlenet", "--out", "g.weights.h5"])
+        2
+    """
     parser = argparse.ArgumentParser(
         prog="python -m keras_inception.convert",
         description="Convert a TF-Slim, torchvision or timm checkpoint into a "

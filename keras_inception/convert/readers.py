@@ -14,6 +14,8 @@ from typing import Dict
 
 import numpy as np
 
+__all__ = ["SourceFormatError", "detect_format", "read"]
+
 SAFETENSORS = "safetensors"
 TORCH = "torch"
 TF_CHECKPOINT = "tf_checkpoint"
@@ -21,11 +23,37 @@ KERAS_H5 = "keras_h5"
 
 
 class SourceFormatError(ValueError):
-    """An upstream file that cannot be read or recognised."""
+    """An upstream file that cannot be read or recognised.
+
+    A ``ValueError``; its message says which formats are expected.
+
+    Example:
+        >>> from keras_inception.convert.readers import SourceFormatError, detect_format
+        >>> try:
+        ...     detect_format("weights.xyz")
+        ... except SourceFormatError as err:
+        ...     print(str(err).split(":")[0])
+        Cannot tell the format of 'weights.xyz' from its name
+    """
 
 
 def detect_format(path: str) -> str:
-    """The format of ``path`` from its name (a directory is a TF checkpoint)."""
+    """The format of ``path`` from its name (a directory is a TF checkpoint).
+
+    Args:
+        path: a file, a TF checkpoint prefix or a directory.
+
+    Returns:
+        One of ``"safetensors"``, ``"torch"``, ``"tf_checkpoint"``, ``"keras_h5"``.
+
+    Raises:
+        SourceFormatError: the name says no known format.
+
+    Example:
+        >>> from keras_inception.convert.readers import detect_format
+        >>> detect_format("model.safetensors"), detect_format("inception_v3.tar.gz")
+        ('safetensors', 'tf_checkpoint')
+    """
     name = os.fspath(path).lower()
     if os.path.isdir(path) or name.endswith((".tar.gz", ".tgz", ".index", ".ckpt")) \
             or os.path.exists(f"{path}.index"):
@@ -42,7 +70,7 @@ def detect_format(path: str) -> str:
         f"checkpoint prefix) or .h5 (Keras).")
 
 
-def read_safetensors(path) -> Dict[str, np.ndarray]:
+def _read_safetensors(path) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     try:
@@ -51,7 +79,7 @@ def read_safetensors(path) -> Dict[str, np.ndarray]:
         raise SourceFormatError(f"Cannot read safetensors file {path!r}: {e}") from e
 
 
-def read_torch(path) -> Dict[str, np.ndarray]:
+def _read_torch(path) -> Dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
@@ -94,7 +122,7 @@ def _checkpoint_prefix(directory: str) -> str:
     return found[0]
 
 
-def read_tf_checkpoint(path) -> Dict[str, np.ndarray]:
+def _read_tf_checkpoint(path) -> Dict[str, np.ndarray]:
     """A TF checkpoint: a directory, a prefix, or a ``.tar.gz`` as TF-Slim publishes."""
     path = os.fspath(path)
     if path.lower().endswith((".tar.gz", ".tgz")):
@@ -104,7 +132,7 @@ def read_tf_checkpoint(path) -> Dict[str, np.ndarray]:
                     tar.extractall(tmp, filter="data")
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise SourceFormatError(f"Cannot extract {path!r}: {e}") from e
-            return read_tf_checkpoint(tmp)
+            return _read_tf_checkpoint(tmp)
     prefix = _checkpoint_prefix(path) if os.path.isdir(path) else path
     if prefix.endswith(".index"):
         prefix = prefix[: -len(".index")]
@@ -123,11 +151,37 @@ def read_tf_checkpoint(path) -> Dict[str, np.ndarray]:
         raise SourceFormatError(f"Cannot read TF checkpoint {prefix!r}: {e}") from e
 
 
-READERS = {SAFETENSORS: read_safetensors, TORCH: read_torch,
-           TF_CHECKPOINT: read_tf_checkpoint}
+READERS = {SAFETENSORS: _read_safetensors, TORCH: _read_torch,
+           TF_CHECKPOINT: _read_tf_checkpoint}
 
 
 def read(path, fmt=None) -> Dict[str, np.ndarray]:
+    """Every tensor of an upstream weight file, keyed as published.
+
+    Args:
+        path: a timm ``.safetensors``, a torchvision ``.pth`` (read with
+            ``weights_only=True``) or a TF-Slim checkpoint (directory, prefix or
+            ``.tar.gz``).
+        fmt: the format (default: :func:`detect_format`).
+
+    Returns:
+        ``{key: numpy array}``.
+
+    Raises:
+        SourceFormatError: an unreadable file, a format without a reader, or a
+            missing framework (torch for ``.pth``, TensorFlow for checkpoints).
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from safetensors.numpy import save_file
+        >>> from keras_inception.convert.readers import read
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "w.safetensors")
+        ...     save_file({"fc.weight": np.ones((2, 3), "float32")}, path)
+        ...     {key: value.shape for key, value in read(path).items()}
+        {'fc.weight': (2, 3)}
+    """
     fmt = fmt or detect_format(path)
     if fmt not in READERS:
         raise SourceFormatError(f"No tensor reader for format {fmt!r}.")
