@@ -1,6 +1,6 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
-from keras_inception import transfer
+from keras_inception import stats, transfer
 from keras_inception.features import feature_extractor
 from keras_inception.googlenet import GoogLeNet, InceptionV1
 from keras_inception.inception_v2 import InceptionV2
@@ -26,5 +26,5 @@ __all__ = [
     "WeightFileError", "load_weights",
     "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
     "preprocessing_for",
-    "feature_extractor", "ScaledResidual", "transfer",
+    "feature_extractor", "ScaledResidual", "stats", "transfer",
 ]
