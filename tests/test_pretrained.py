@@ -18,10 +18,11 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 import keras_inception
-from keras_inception import download, pretrained, refmaps
+from keras_inception import download, pretrained
 from keras_inception.manifest import layouts_of
 from keras_inception.testing import deterministic_weights, predict, reference_images
 from http_server import http_server  # noqa: F401  (fixture)
+from upstream_files import write_upstream
 
 
 def test_registry_entries_are_complete():
@@ -116,43 +117,14 @@ def test_wrong_hash_is_refused_and_not_cached(http_server, monkeypatch, tmp_path
     assert not [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
-def _inverse(value, transform):
-    """Our tensor in the upstream layout (the inverse of refmaps.apply_transform)."""
-    if transform == refmaps.CONV_OIHW:
-        return np.transpose(value, (3, 2, 0, 1))
-    if transform == refmaps.DENSE_OI:
-        return np.transpose(value, (1, 0))
-    return value
-
-
-def _torchvision_state_dict(model):
-    """A torchvision-keyed state dict holding ``model``'s weights, gammas of 1."""
-    import torch
-
-    ours = {(l.name, w.path.split("/")[-1]): keras.ops.convert_to_numpy(w)
-            for l in model.layers for w in l.weights}
-    rules = layouts_of("googlenet")["torchvision"]
-    state = {}
-    for e in refmaps.build_layout(model, rules):
-        if e.transform == refmaps.SKIP:
-            state[e.key] = torch.tensor(0, dtype=torch.int64)
-        elif e.transform == refmaps.FOLD_GAMMA:
-            state[e.key] = torch.ones(e.shape)
-        else:
-            state[e.key] = torch.from_numpy(
-                np.ascontiguousarray(_inverse(ours[(e.layer, e.weight)], e.transform)))
-    return state
-
-
 def test_converted_weights_are_cached_by_source_hash(http_server, monkeypatch, tmp_path):
     """A torchvision .pth: downloaded, verified, converted once, then loaded offline."""
-    torch = pytest.importorskip("torch")  # installed with the [torch] extra in CI
+    pytest.importorskip("torch")  # installed with the [torch] extra in CI
     monkeypatch.setenv("KERAS_INCEPTION_CACHE", str(tmp_path / "cache"))
     size = 64
-    source_model = keras_inception.GoogLeNet(input_shape=(size, size, 3))
-    deterministic_weights(source_model, seed=11)
     source = tmp_path / "googlenet-local.pth"
-    torch.save(_torchvision_state_dict(source_model), source)
+    source_model = write_upstream(source, "googlenet", "torch", "torchvision", size=size,
+                                  seed=11)
     url = http_server.add_file(source.name, source.read_bytes())
     digest = download.file_hash(source, "sha256")
     entry = pretrained.WeightsEntry("googlenet", "local", url, "torch", "torchvision",
