@@ -14,6 +14,7 @@ import os
 import keras
 
 from keras_inception import layers as L
+from keras_inception.initializers import host_initialization
 from keras_inception.registry import ModelInfo
 
 __all__ = ["add_aux_heads", "build_model", "pretrained_constructor"]
@@ -96,6 +97,11 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
     (``aux1``/``aux2`` for GoogLeNet), so ``compile(loss={...})`` addresses heads
     by name.
 
+    Initial values are drawn on the host by
+    :func:`~keras_inception.initializers.host_initialization` (Keras' initializer
+    distributions and seeds, without JAX's per-shape compilation), and not drawn
+    at all when ``weights`` will overwrite them.
+
     Args:
         info: the family's :class:`~keras_inception.registry.ModelInfo` (input
             sizes, aux heads and their builder).
@@ -142,15 +148,20 @@ def build_model(info: ModelInfo, body, *, include_top, weights, input_tensor,
     inputs, image = _resolve_input(info, include_top=include_top,
                                   input_tensor=input_tensor, input_shape=input_shape,
                                   aux_logits=aux_logits)
-    features, taps = body(image, norm)
-    outputs = L.classifier_head(features, include_top=include_top, pooling=pooling,
-                                classes=classes,
-                                classifier_activation=classifier_activation,
-                                dropout_rate=dropout_rate)
-    if aux_logits:
-        outputs = {"logits": outputs, **add_aux_heads(
-            info, taps, classes, norm=norm, classifier_activation=classifier_activation)}
-    model = keras.Model(inputs, outputs, name=name)
+    # Initial values are drawn on the host once the graph is built (same
+    # distributions and seeds as Keras'): JAX would compile a random op per weight
+    # shape, 30 s for a big model. Loaded weights overwrite them: no draw then.
+    with host_initialization(weights_pending=weights is not None):
+        features, taps = body(image, norm)
+        outputs = L.classifier_head(features, include_top=include_top,
+                                    pooling=pooling, classes=classes,
+                                    classifier_activation=classifier_activation,
+                                    dropout_rate=dropout_rate)
+        if aux_logits:
+            outputs = {"logits": outputs, **add_aux_heads(
+                info, taps, classes, norm=norm,
+                classifier_activation=classifier_activation)}
+        model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
         _load_weights_file(model, weights, info)
     return model
