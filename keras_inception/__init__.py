@@ -1,6 +1,8 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
-from keras_inception import stats, transfer
+from keras_inception import accelerate, optimize, stats, transfer
+from keras_inception.accelerate import inference_function, mixed_precision_model
+from keras_inception.optimize import fuse_batchnorm
 from keras_inception.features import feature_extractor
 from keras_inception.googlenet import GoogLeNet, InceptionV1
 from keras_inception.inception_v2 import InceptionV2
@@ -27,4 +29,5 @@ __all__ = [
     "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
     "preprocessing_for",
     "feature_extractor", "ScaledResidual", "stats", "transfer",
+    "optimize", "fuse_batchnorm", "accelerate", "inference_function", "mixed_precision_model",
 ]

@@ -629,11 +629,12 @@ def aux_head(x, classes, *, name, norm, classifier_activation, dropout_rate=0.0)
                                 name=f"{name}_avgpool_1a_5x5")(x)
     x = conv_bn(x, 128, 1, name=f"{name}_conv2d_1b_1x1", norm=norm)
     x = conv_bn(x, 768, 5, padding="valid", name=f"{name}_conv2d_2a_5x5", norm=norm)
-    x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    dtype = _head_dtype()  # float32 from the pooling on, as classifier_head
+    x = layers.GlobalAveragePooling2D(name=f"{name}_pool", dtype=dtype)(x)
     if dropout_rate:
-        x = layers.Dropout(dropout_rate, name=f"{name}_dropout")(x)
+        x = layers.Dropout(dropout_rate, name=f"{name}_dropout", dtype=dtype)(x)
     return layers.Dense(classes, activation=classifier_activation,
-                        name=f"{name}_predictions")(x)
+                        name=f"{name}_predictions", dtype=dtype)(x)
 
 
 def aux_head_v1(x, classes, *, name, norm, classifier_activation, dropout_rate=0.7):
@@ -664,23 +665,38 @@ def aux_head_v1(x, classes, *, name, norm, classifier_activation, dropout_rate=0
     """
     x = layers.AdaptiveAveragePooling2D((4, 4), name=f"{name}_avgpool")(x)
     x = conv_bn(x, 128, 1, name=f"{name}_conv", norm=norm)
+    dtype = _head_dtype()  # float32 from the flatten on, as classifier_head
     # Flatten in (H, W, C) order whatever the data format, so fc1 weights port.
-    x = layers.Flatten(name=f"{name}_flatten")(x)
-    x = layers.Dense(1024, activation="relu", name=f"{name}_fc1")(x)
+    x = layers.Flatten(name=f"{name}_flatten", dtype=dtype)(x)
+    x = layers.Dense(1024, activation="relu", name=f"{name}_fc1", dtype=dtype)(x)
     if dropout_rate:
-        x = layers.Dropout(dropout_rate, name=f"{name}_dropout")(x)
+        x = layers.Dropout(dropout_rate, name=f"{name}_dropout", dtype=dtype)(x)
     return layers.Dense(classes, activation=classifier_activation,
-                        name=f"{name}_predictions")(x)
+                        name=f"{name}_predictions", dtype=dtype)(x)
 
 
 POOLINGS = (None, "avg", "max")
+
+
+def _head_dtype():
+    """``"float32"`` under a mixed precision policy, else None (the global policy).
+
+    Under ``mixed_bfloat16`` or ``mixed_float16`` the body computes in 16 bits but
+    the head's pooling, dense layer and softmax stay in float32: pooled features,
+    logits and probabilities keep float32's range and resolution, as Keras' mixed
+    precision guide advises. Under a plain policy nothing changes (configs neither).
+    """
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
 
 
 def classifier_head(x, *, include_top, pooling, classes, classifier_activation,
                     dropout_rate):
     """Global pooling + dropout + dense (``avg_pool``, ``dropout``, ``predictions``).
 
-    With ``include_top=False`` only the optional global pooling is applied.
+    With ``include_top=False`` only the optional global pooling is applied. Under a
+    mixed precision policy (``keras.config.set_dtype_policy("mixed_bfloat16")``) the
+    head computes in float32 (pooled features, logits, softmax).
 
     Args:
         x: the body's feature map.
@@ -702,14 +718,15 @@ def classifier_head(x, *, include_top, pooling, classes, classifier_activation,
         >>> tuple(y.shape), y._keras_history.operation.name
         ((None, 10), 'predictions')
     """
+    dtype = _head_dtype()
     if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(name="avg_pool", dtype=dtype)(x)
         if dropout_rate:
-            x = layers.Dropout(dropout_rate, name="dropout")(x)
+            x = layers.Dropout(dropout_rate, name="dropout", dtype=dtype)(x)
         return layers.Dense(classes, activation=classifier_activation,
-                            name="predictions")(x)
+                            name="predictions", dtype=dtype)(x)
     if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return layers.GlobalAveragePooling2D(name="avg_pool", dtype=dtype)(x)
     if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return layers.GlobalMaxPooling2D(name="max_pool", dtype=dtype)(x)
     return x

@@ -1,0 +1,186 @@
+"""keras_inception.accelerate: the fast inference paths compute what the model does.
+
+float32 paths equal the plain model to float32 rounding (1e-5); bfloat16 paths keep
+every clear top-1 and stay within bfloat16 rounding of the float32 logits.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import keras_inception
+from keras_inception import testing
+from keras_inception.accelerate import (InferenceFunction, inference_function,
+                                        mixed_precision_model)
+from keras_inception.layers import Norm, aux_head
+
+BACKEND = keras.backend.backend()
+# The torch translator goes layer by layer: these families hold every layer kind of
+# the zoo (v2, v4 and IRv2 add none: same blocks, other widths). JAX and TensorFlow
+# compile the Keras graph itself: a plain and a residual family cover them.
+FAMILIES = (["googlenet", "inception_v3", "inception_resnet_v1", "xception"]
+            if BACKEND == "torch" else ["googlenet", "xception"])
+# bfloat16 has 8 significant bits: logits of order one move by about 1 %.
+BF16_TOLERANCE = 0.05
+
+
+def numpy(structure):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, structure)
+
+
+def assert_close(actual, expected):
+    """Equal to float32 rounding: 1e-5, relative to the outputs' scale (logits)."""
+    actual, expected = numpy(actual), numpy(expected)
+    assert keras.tree.flatten(keras.tree.map_structure(lambda a: a.shape, actual)) == \
+        keras.tree.flatten(keras.tree.map_structure(lambda a: a.shape, expected))
+    keras.tree.map_structure(
+        lambda a, e: np.testing.assert_allclose(
+            a, e, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(e).max()))),
+        actual, expected)
+
+
+@pytest.fixture(scope="module")
+def googlenet():
+    """GoogLeNet with both aux heads (any size from 17 px): cheap on every backend."""
+    return testing.zoo_model("googlenet")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_float32_equals_plain_model(name):
+    """The main head at an odd size (asymmetric 'same' padding everywhere)."""
+    model = testing.main_head(name)
+    x = testing.reference_images(2, testing.ODD_SIZE)
+    fn = inference_function(model)
+    assert isinstance(fn, InferenceFunction) and fn.precision == "float32"
+    assert_close(fn(x), testing.predict(model, x))
+
+
+def test_aux_heads(googlenet):
+    """Dict outputs (GoogLeNet's aux1/aux2), and the v3/v4/IRv2 aux head alone (5x5/3
+    average pool, valid 5x5 convolution): in a whole model it needs 299 px."""
+    x = testing.reference_images(2, 40)
+    assert_close(inference_function(googlenet)(x), testing.predict(googlenet, x))
+    tap = keras.Input((17, 17, 16))
+    head = keras.Model(tap, aux_head(tap, 10, name="aux", norm=Norm(),
+                                     classifier_activation="softmax"))
+    testing.deterministic_weights(head)
+    features = np.random.default_rng(0).normal(size=(2, 17, 17, 16)).astype("float32")
+    assert_close(inference_function(head)(features), testing.predict(head, features))
+
+
+def test_torch_arithmetic():
+    """Torch's explicit paddings, -inf max-pool padding and ceil mode."""
+    model = keras_inception.GoogLeNet(input_shape=(None, None, 3), arithmetic="torch",
+                                      classifier_activation="softmax")
+    testing.deterministic_weights(model)
+    x = testing.reference_images(2, 45)
+    assert_close(inference_function(model)(x), testing.predict(model, x))
+
+
+def test_unfused_and_headless_models(googlenet):
+    """Without fusion BN runs as an affine map; without a top the feature map comes
+    back in Keras' layout."""
+    x = testing.reference_images(2, 40)
+    assert_close(inference_function(googlenet, fuse=False)(x),
+                 testing.predict(googlenet, x))
+    body = keras_inception.GoogLeNet(include_top=False, input_shape=(40, 40, 3))
+    testing.deterministic_weights(body)
+    out = inference_function(body)(x)
+    assert tuple(out.shape) == (2, 2, 2, 1024)
+    assert_close(out, testing.predict(body, x))
+
+
+def test_layers_outside_the_zoo():
+    """Layers the torch translator does not know run through Keras; nested models."""
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(2.0, offset=-1.0)(image)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(x)
+    inner = keras.Model(image, keras.layers.UpSampling2D(2)(x))
+    outer = keras.Input((8, 8, 3))
+    y = inner(outer)
+    y = keras.layers.Concatenate()([y, keras.layers.MaxPooling2D(3, 1, "same")(y)])
+    y = keras.layers.BatchNormalization()(keras.layers.Activation("tanh")(y))
+    y = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(y))
+    model = keras.Model(outer, y)
+    testing.deterministic_weights(model)
+    data = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    assert_close(inference_function(model)(data), model(data, training=False))
+
+
+def test_asymmetric_same_average_pooling():
+    """'same' average pooling leaves the padding out of the average, the odd pixel
+    after (TensorFlow's and JAX's rule; Keras' torch backend replicates edges)."""
+    image = keras.Input((8, 8, 2))
+    model = keras.Model(image, keras.layers.AveragePooling2D(3, 2, "same")(image))
+    data = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 2)).astype("float32")
+    expected = np.zeros((2, 4, 4, 2), "float32")  # 8 px, stride 2: pads (0, 1)
+    for i in range(4):
+        for j in range(4):
+            expected[:, i, j] = data[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].mean(axis=(1, 2))
+    if BACKEND != "torch":
+        assert_close(model(data), expected)
+    assert_close(inference_function(model)(data), expected)
+
+
+def test_bfloat16_keeps_clear_top1(googlenet):
+    x = testing.reference_images(16, 40, seed=1)
+    reference = testing.predict(googlenet, x)
+    fn = inference_function(googlenet, precision="bfloat16")
+    out = numpy(fn(x))
+    for head, logits in reference.items():
+        got = out[head]
+        assert got.dtype == np.float32  # the head runs in float32
+        error = np.abs(got - logits).max()
+        scale = np.abs(logits).max()
+        assert 0 < error <= BF16_TOLERANCE * scale, head  # bf16 ran, and closely
+        top2 = np.sort(logits, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 2 * error  # top-1 cannot flip there
+        assert clear.sum() >= len(x) // 4, head  # the check is not vacuous
+        np.testing.assert_array_equal(got.argmax(-1)[clear], logits.argmax(-1)[clear])
+
+
+def test_mixed_precision_model_matches_a_mixed_build(googlenet):
+    """The copy computes like a model built under mixed_bfloat16, whose classifier and
+    aux heads are float32 (keras_inception.layers)."""
+    mixed = mixed_precision_model(googlenet)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        built = keras_inception.GoogLeNet(input_shape=(None, None, 3), aux_logits=True,
+                                          classifier_activation=None)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    dtypes = {layer.name: layer.compute_dtype for layer in built.layers
+              if not isinstance(layer, keras.layers.InputLayer)}
+    assert dtypes == {layer.name: layer.compute_dtype for layer in mixed.layers
+                      if not isinstance(layer, keras.layers.InputLayer)}
+    for head in ("predictions", "aux1_predictions", "aux1_fc1", "avg_pool"):
+        assert dtypes[head] == "float32"
+    assert dtypes["mixed_5c"] == dtypes["conv2d_1a_7x7_conv"] == "bfloat16"
+    assert all(layer.variable_dtype == "float32" for layer in built.layers)
+    if BACKEND == "jax":  # its numbers: test_bfloat16_keeps_clear_top1 runs it jitted
+        return
+    x = testing.reference_images(2, 40)
+    out = numpy(mixed(x, training=False))
+    assert all(v.dtype == np.float32 for v in out.values())
+    logits = testing.predict(googlenet, x)["logits"]
+    np.testing.assert_allclose(out["logits"], logits,
+                               atol=BF16_TOLERANCE * np.abs(logits).max())
+
+
+def test_float32_build_is_unchanged():
+    """Under the default policy the head layers take the global policy as before."""
+    model = keras_inception.GoogLeNet(input_shape=(32, 32, 3))
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_errors(googlenet):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_function(googlenet, precision="float16")
+    with pytest.raises(ValueError, match="mixed policy"):
+        mixed_precision_model(googlenet, "float32")
+    if BACKEND != "tensorflow":
+        with pytest.raises(ValueError, match="jit_compile is a TensorFlow option"):
+            inference_function(googlenet, jit_compile=True)
