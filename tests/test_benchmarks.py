@@ -1,0 +1,217 @@
+"""The benchmark harness (benchmarks/bench.py) runs end to end and reports consistently.
+
+One ``--quick`` run on this process's backend (googlenet at 32 px, in subprocesses,
+as a real run) is checked for its files, its JSON schema, and ratios that agree with
+the raw numbers next to them. Nothing here asserts a timing: the figures of a quick
+run mean nothing, only their bookkeeping is tested.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+from unittest import mock
+
+import keras
+import pytest
+
+import keras_inception
+from keras_inception.stats import count_macs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BACKEND = keras.backend.backend()
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """``(report, out folder)`` of one quick run on this backend, every path asked for."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "out"
+    with mock.patch.dict(os.environ, {"KERAS_INCEPTION_CACHE": str(tmp / "cache")}):
+        code = bench.main(["--quick", "--backends", BACKEND, "--out", str(out)])
+    assert code == 0
+    return json.loads((out / "results.json").read_text()), out
+
+
+def _rows(report, **match):
+    return [r for r in report["results"] if all(r.get(k) == v for k, v in match.items())]
+
+
+def test_writes_json_markdown_and_png(quick):
+    report, out = quick
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    measured = _rows(report, available=True)
+    assert measured, report["results"]
+    for row in measured:  # one table line per measured row
+        assert f"| {row['model']} | {row['backend']} | {row['label']}" in table
+    for row in _rows(report, available=False):  # and a reason for every other
+        assert row["reason"] in table
+
+
+def test_json_describes_device_versions_and_gemm(quick):
+    report, _ = quick
+    assert report["schema"] == bench.SCHEMA
+    assert report["settings"]["models"] == ["googlenet"]
+    assert report["settings"]["backends"] == [BACKEND]
+    info = report["backends"][BACKEND]
+    assert info["device"]["kind"] in ("cpu", "gpu")
+    assert info["device"]["description"]
+    assert info["versions"]["keras"] == keras.__version__
+    assert info["versions"]["keras_inception"] == keras_inception.__version__
+    assert BACKEND in info["versions"]
+    libraries = {(g["library"], g["dtype"]) for g in info["gemm"]}
+    assert ("numpy", "float32") in libraries
+    assert (BACKEND, "float32") in libraries and (BACKEND, "bfloat16") in libraries
+    for g in info["gemm"]:
+        if "gflops" in g:
+            assert g["gflops"] == pytest.approx(2 * g["n"] ** 3 / g["median_s"] / 1e9)
+    roofs = report["rooflines"][info["device"]["description"]]
+    best = max(g["gflops"] for g in info["gemm"]
+               if g.get("dtype") == "float32" and "gflops" in g
+               and g["device_description"] == info["device"]["description"])
+    assert roofs["float32"]["gflops"] == best
+    assert report["loadavg"]["min"] <= report["loadavg"]["max"]
+
+
+def test_every_path_is_measured_or_says_why(quick):
+    report, _ = quick
+    assert {r["impl"] for r in report["results"]} == set(bench.IMPLS)
+    (ka,) = _rows(report, impl="keras_applications")
+    assert not ka["available"] and "keras.applications has no googlenet" in ka["reason"]
+    for row in report["results"]:
+        assert row["available"] or row["reason"], row
+        if row["available"]:
+            assert row["infer"]["batch"] == 2 and row["infer_b1"]["batch"] == 1
+            assert row["memory"]["rss_peak_mb"] >= row["memory"]["rss_at_start_mb"] > 0
+            assert row["device"] == report["backends"][BACKEND]["device"]["description"]
+        if row["impl"] in bench.INFERENCE_ONLY:
+            assert row.get("train") is None
+        if row["available"] and row["impl"] != "plain":
+            assert "max_abs_diff_vs_plain" in row  # every fast path is compared
+
+
+def test_plain_row_has_every_measurement(quick):
+    report, _ = quick
+    (row,) = _rows(report, impl="plain")
+    assert row["available"], row.get("reason")
+    for key in ("build_s", "load_s", "params", "flops_per_image"):
+        assert row[key] > 0
+    weights = row["weights_file"]
+    assert weights["bytes"] == os.path.getsize(weights["path"])
+    assert "benchmarks" in weights["path"]  # in the keras_inception cache folder
+    assert row["train"]["optimizer"] == "sgd" and row["train"]["batch"] == 2
+    if row["build_keras_init_s"] is not None:  # the constructors' fast init, off
+        assert row["ratios"]["build_speedup_vs_keras_init"] == pytest.approx(
+            row["build_keras_init_s"] / row["build_s"])
+    model = keras_inception.GoogLeNet(input_shape=(32, 32, 3))
+    assert row["params"] == model.count_params()
+    assert row["flops_per_image"] == 2 * count_macs(model)
+
+
+def test_ratios_agree_with_raw_numbers(quick):
+    report, _ = quick
+    (plain,) = _rows(report, impl="plain")
+    for row in _rows(report, available=True):
+        for key in ("infer_b1", "infer", "train"):
+            timing = row.get(key)
+            if not timing:
+                continue
+            assert timing["median_s"] == statistics.median(timing["times_s"])
+            assert timing["images_per_s"] == pytest.approx(timing["batch"]
+                                                           / timing["median_s"])
+            assert row["ratios"][f"{key}_vs_plain"] == pytest.approx(
+                timing["images_per_s"] / plain[key]["images_per_s"])
+        r = row["ratios"]
+        peak = report["rooflines"][row["device"]][row["dtype"]]["gflops"]
+        assert r["roofline_gflops"] == peak
+        assert r["roofline_fraction"] == pytest.approx(
+            row["infer"]["images_per_s"] * row["flops_per_image"] / (peak * 1e9))
+        assert r["roofline_images_per_s"] == pytest.approx(peak * 1e9
+                                                           / row["flops_per_image"])
+        assert r["infer_vs_keras_applications"] is None  # keras.applications has none
+    assert plain["ratios"]["infer_vs_plain"] == 1.0
+
+
+def test_ratios_against_keras_applications():
+    """add_ratios on rows made by hand: a reference row twice as fast, half the build."""
+    def row(impl, ips, build):
+        timing = {"batch": 4, "median_s": 4 / ips, "images_per_s": ips}
+        return {"backend": "jax", "model": "inception_v3", "impl": impl,
+                "available": True, "device": "cpu0", "dtype": "float32",
+                "flops_per_image": 10e9, "build_s": build, "infer": timing,
+                "infer_b1": timing, "train": dict(timing, images_per_s=ips / 4)}
+
+    report = {"rooflines": {"cpu0": {"float32": {"gflops": 100.0}}},
+              "results": [row("keras_applications", 8.0, 30.0), row("plain", 4.0, 1.5),
+                          dict(row("fused", 6.0, 1.5), train=None),
+                          {"backend": "jax", "model": "inception_v3",
+                           "impl": "accelerated", "available": False, "reason": "x"}]}
+    bench.add_ratios(report)
+    ka, plain, fused, missing = report["results"]
+    assert plain["ratios"]["infer_vs_keras_applications"] == 0.5
+    assert plain["ratios"]["train_vs_keras_applications"] == 0.5
+    assert plain["ratios"]["build_speedup_vs_keras_applications"] == 20.0
+    assert fused["ratios"]["infer_vs_plain"] == 1.5
+    assert fused["ratios"]["train_vs_plain"] is None
+    assert ka["ratios"]["roofline_fraction"] == pytest.approx(0.8)
+    assert plain["ratios"]["train_roofline_fraction"] == pytest.approx(
+        1.0 * 10e9 * bench.TRAIN_FLOPS_FACTOR / 100e9)
+    assert missing["ratios"] == {}
+
+
+def test_publish_updates_the_marked_block(quick, tmp_path, monkeypatch):
+    report, out = quick
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\nMethod.\n\n{bench.BEGIN}\nold table\n{bench.END}\n"
+                    f"\nAfter.\n")
+    monkeypatch.setattr(bench, "DOCS_PAGE", page)
+    monkeypatch.setattr(bench, "DOCS_ASSETS", tmp_path / "assets" / "benchmarks")
+    table = (out / "results.md").read_text()
+    bench.publish(report, out, table)
+    text = page.read_text()
+    assert "old table" not in text and table in text
+    assert text.startswith("# Benchmarks\n\nMethod.") and text.endswith("\nAfter.\n")
+    assert (tmp_path / "assets" / "benchmarks" / f"{out.name}.png").read_bytes() == \
+        (out / "results.png").read_bytes()
+    bench.publish(report, out, table)  # idempotent
+    assert page.read_text() == text
+
+
+def test_docs_page_shows_committed_results():
+    """docs/benchmarks.md holds a published block whose chart and JSON exist."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert bench.BEGIN in text and bench.END in text
+    block = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    images = [line.split("](", 1)[1].rstrip(")") for line in block.splitlines()
+              if line.startswith("![")]
+    assert images and all((ROOT / "docs" / image).is_file() for image in images)
+    raw = block.split("Raw numbers: `", 1)[1].split("`", 1)[0]
+    committed = json.loads((ROOT / raw).read_text())
+    assert committed["schema"] == bench.SCHEMA
+    assert bench.markdown(committed) in block  # the table is the JSON's
+
+
+def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backends", "theano"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--impls", "plain,turbo"])
+    args = bench.parse_args(["--quick"])
+    assert (args.models, args.size, args.batch, args.isolate) == (
+        ["googlenet"], 32, 2, "backend")
+    assert bench.parse_args([]).models == list(bench.DEFAULT_MODELS)
