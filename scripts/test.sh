@@ -6,9 +6,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [[ -x $PY ]] || PY=python3
-# JAX compiles every weight initialiser per shape; a persistent compilation cache
-# shared by the runs (and by the subprocesses of the cross-backend tests) turns a
-# 28 s InceptionResNetV2 build into 4 s once warm. It changes no result.
+# JAX compiles every jitted forward/training step per shape (and Keras' own
+# initialisers, for models rebuilt by from_config/load_model); a persistent
+# compilation cache shared by the runs and by the subprocesses of the cross-backend
+# tests saves those compiles once warm. It changes no result.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keras-inception/jax}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 status=0
