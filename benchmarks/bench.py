@@ -310,15 +310,11 @@ def _build_with_keras_init(spec: dict) -> Optional[float]:
     initializer run by the backend) instead of keras_inception's host
     initialisation: what the constructors did before that fast path. None when
     the constructors have no such fast path to turn off."""
-    import contextlib
-    from unittest import mock
-
-    from keras_inception import base
-
-    if not hasattr(base, "host_initialization"):
+    try:
+        from keras_inception.initializers import keras_initialization
+    except ImportError:
         return None
-    with mock.patch.object(base, "host_initialization",
-                           lambda **kwargs: contextlib.nullcontext()):
+    with keras_initialization():
         return _build(spec)[1]
 
 

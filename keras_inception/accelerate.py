@@ -32,6 +32,8 @@ import math
 
 import keras
 
+from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
+
 __all__ = ["InferenceFunction", "inference_function", "mixed_precision_model"]
 
 PRECISIONS = ("float32", "bfloat16")
@@ -217,8 +219,6 @@ def inference_function(model, *, precision: str = "float32", fuse: bool = True,
 
 
 def _fuse(model):
-    from keras_inception.optimize import fuse_batchnorm
-
     # Not strict: a BatchNormalization that cannot be folded exactly stays as it is.
     return fuse_batchnorm(model, strict=False)
 
@@ -381,13 +381,7 @@ class _TorchProgram:
         if kind is L.BatchNormalization and spatial and layer.axis in (1, 3, -1):
             axis = layer.axis % 4
             if axis == (3 if self.channels_last else 1):
-                var = keras.ops.convert_to_numpy(layer.moving_variance)
-                scale = 1.0 / (var + layer.epsilon) ** 0.5
-                if layer.scale:
-                    scale = scale * keras.ops.convert_to_numpy(layer.gamma)
-                shift = -keras.ops.convert_to_numpy(layer.moving_mean) * scale
-                if layer.center:
-                    shift = shift + keras.ops.convert_to_numpy(layer.beta)
+                scale, shift = batchnorm_affine(layer)
                 t = lambda a: self.torch.as_tensor(a.astype("float32"), device=self.device)
                 return _Op("affine", layer, inputs, outputs, scale=t(scale),
                            shift=t(shift))

@@ -32,7 +32,7 @@ from keras.src.initializers.constant_initializers import Constant, Ones, Zeros
 from keras.src.initializers.random_initializers import (
     RandomNormal, RandomUniform, TruncatedNormal, VarianceScaling, compute_fans)
 
-__all__ = ["draw_on_host", "host_initialization"]
+__all__ = ["draw_on_host", "host_initialization", "keras_initialization", "to_backend"]
 
 # Keras' variance-scaling truncated normal: the std of a unit normal cut at +-2.
 _TRUNCATED_STD = 0.87962566103423978
@@ -153,6 +153,31 @@ def draw_on_host(initializer, shape, dtype="float32"):
     return values.astype(dtype, copy=False)
 
 
+def to_backend(values: np.ndarray):
+    """A host array as the value of a new variable, without a compilation.
+
+    On JAX ``jax.device_put`` (Keras' ``jnp.asarray`` conversion compiles once per
+    shape); elsewhere the array itself, which the backend converts as it would.
+
+    Args:
+        values: the initial values (NumPy).
+
+    Returns:
+        What an initializer may return for them on the current backend.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_inception.initializers import to_backend
+        >>> tuple(to_backend(np.zeros((2, 3), "float32")).shape)
+        (2, 3)
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.device_put(values)
+    return values
+
+
 def _is_random(initializer) -> bool:
     return type(initializer).__call__ in (
         VarianceScaling.__call__, RandomUniform.__call__, RandomNormal.__call__,
@@ -178,11 +203,38 @@ class _HostInitializer:
             values = draw_on_host(self.initializer, shape, dtype)
         if values is None:
             return self.initializer(shape, dtype=dtype)
-        if keras.backend.backend() == "jax":
-            import jax
+        return to_backend(values)
 
-            return jax.device_put(values)
-        return values
+
+_KERAS_INITIALIZATION = [0]  # depth of keras_initialization() blocks
+
+
+@contextlib.contextmanager
+def keras_initialization():
+    """Turns :func:`host_initialization` off inside the block: Keras initialises.
+
+    Models built inside get every initial value from Keras' own per-variable
+    initializers (one compiled op per shape on JAX), as before this fast path
+    existed: for comparisons and benchmarks.
+
+    Yields:
+        None.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.initializers import (host_initialization,
+        ...                                           keras_initialization)
+        >>> with keras_initialization(), host_initialization():
+        ...     layer = keras.layers.Dense(2)
+        ...     _ = layer(keras.Input((3,)))
+        >>> tuple(layer.kernel.shape)
+        (3, 2)
+    """
+    _KERAS_INITIALIZATION[0] += 1
+    try:
+        yield
+    finally:
+        _KERAS_INITIALIZATION[0] -= 1
 
 
 def _fast_path_available() -> bool:
@@ -192,6 +244,8 @@ def _fast_path_available() -> bool:
     ``keras.distribution`` (variables are laid out across devices at
     initialisation) and not with Flax NNX variables.
     """
+    if _KERAS_INITIALIZATION[0]:
+        return False
     if global_state.get_global_attribute("stateless_scope") is not None:
         return False
     if keras.distribution.distribution() is not None:

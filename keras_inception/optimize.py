@@ -17,7 +17,9 @@ from typing import Optional
 import keras
 import numpy as np
 
-__all__ = ["FusionError", "fuse_batchnorm"]
+from keras_inception.initializers import to_backend
+
+__all__ = ["FusionError", "batchnorm_affine", "fuse_batchnorm"]
 
 
 class FusionError(ValueError):
@@ -172,9 +174,32 @@ def _numpy(variable) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
 
-def _folded_weights(fold: _Fold) -> dict:
-    """``{weight name: float64 value}`` of the fused layer (bias included)."""
-    bn, layer = fold.bn, fold.layer
+def batchnorm_affine(bn) -> tuple:
+    """The per-channel ``(scale, shift)`` an inference-mode BatchNormalization applies.
+
+    ``bn(x) == x * scale + shift`` with ``scale = gamma / sqrt(moving_variance +
+    epsilon)`` (gamma 1 without ``scale``) and ``shift = beta - moving_mean * scale``
+    (beta 0 without ``center``), computed in float64.
+
+    Args:
+        bn: a built ``keras.layers.BatchNormalization``.
+
+    Returns:
+        ``(scale, shift)``, two float64 arrays of one value per channel.
+
+    Raises:
+        FusionError: ``moving_variance + epsilon`` is not positive and finite.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.optimize import batchnorm_affine
+        >>> bn = keras.layers.BatchNormalization(epsilon=0.0, scale=False)
+        >>> bn.build((None, 2))
+        >>> _ = bn.moving_variance.assign([4.0, 1.0])
+        >>> _ = bn.moving_mean.assign([1.0, 2.0])
+        >>> [a.tolist() for a in batchnorm_affine(bn)]
+        [[0.5, 1.0], [-0.5, -2.0]]
+    """
     mean, variance = _numpy(bn.moving_mean), _numpy(bn.moving_variance)
     denominator = variance + float(bn.epsilon)
     if not np.all(np.isfinite(denominator)) or np.any(denominator <= 0):
@@ -185,15 +210,22 @@ def _folded_weights(fold: _Fold) -> dict:
     scale = 1.0 / np.sqrt(denominator)
     if bn.scale:
         scale = scale * _numpy(bn.gamma)
-    shift = _numpy(bn.beta) if bn.center else np.zeros_like(mean)
+    shift = (_numpy(bn.beta) if bn.center else np.zeros_like(mean)) - mean * scale
+    return scale, shift
+
+
+def _folded_weights(fold: _Fold) -> dict:
+    """``{weight name: float64 value}`` of the fused layer (bias included)."""
+    layer = fold.layer
+    scale, shift = batchnorm_affine(fold.bn)
     weights = {w.name: _numpy(w) for w in layer.weights}
-    bias = weights.pop("bias", np.zeros_like(mean))
+    bias = weights.pop("bias", np.zeros_like(scale))
     kernel = _SCALED_KERNEL[type(layer)]
     if isinstance(layer, _DEPTHWISE):  # output channel c * multiplier + m
         weights[kernel] = weights[kernel] * scale.reshape(weights[kernel].shape[-2:])
     else:
         weights[kernel] = weights[kernel] * scale
-    weights["bias"] = shift + (bias - mean) * scale
+    weights["bias"] = shift + bias * scale
     return weights
 
 
@@ -215,13 +247,7 @@ class _Value:
     def __call__(self, shape, dtype=None):
         if tuple(shape) != self.value.shape:
             raise ValueError(f"expected shape {self.value.shape}, got {tuple(shape)}")
-        value = self.host(dtype)
-        if keras.backend.backend() == "jax":
-            import jax
-
-            # jnp.asarray (Keras' conversion of a NumPy array) compiles once per shape.
-            return jax.device_put(value)
-        return value
+        return to_backend(self.host(dtype))
 
 
 def _fused_layer(fold: _Fold, args, kwargs):

@@ -8,6 +8,7 @@ names (not on build order or backend).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import zlib
 
@@ -16,8 +17,8 @@ import numpy as np
 
 from keras_inception.registry import get_model_info
 
-__all__ = ["deterministic_weights", "main_head", "predict", "reference_images",
-           "reference_outputs", "zoo_model"]
+__all__ = ["assert_outputs_close", "deterministic_weights", "main_head", "predict",
+           "reference_images", "reference_outputs", "zoo_model"]
 
 
 def _draw(path: str, shape, seed: int) -> np.ndarray:
@@ -164,16 +165,27 @@ def main_head(name: str):
     return model
 
 
-def predict(model, x):
+def _no_autograd():
+    """PyTorch's ``no_grad`` (no autograd graph: a third faster), else nothing."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def predict(model, x, *, eager: bool = False):
     """Inference outputs as NumPy, by the fastest route for a one-off call.
 
     JAX runs op by op very slowly, so it goes through the compiled ``predict``;
-    TensorFlow would spend seconds tracing a graph, so it (and PyTorch) call the
-    model eagerly.
+    TensorFlow would spend seconds tracing a graph, so it (and PyTorch, without
+    recording gradients) call the model eagerly.
 
     Args:
         model: a Keras model.
         x: a batch of inputs (NumPy).
+        eager: call the model directly on JAX too (a tiny model runs eagerly
+            faster than it compiles).
 
     Returns:
         The outputs as NumPy arrays, in the model's output structure.
@@ -183,11 +195,41 @@ def predict(model, x):
         >>> predict(main_head("googlenet"), reference_images(2, 32)).shape
         (2, 1000)
     """
-    if keras.backend.backend() == "jax":
-        out = model.predict(x, verbose=0, batch_size=len(x))
-    else:
-        out = model(x, training=False)
+    with _no_autograd():
+        if keras.backend.backend() == "jax" and not eager:
+            out = model.predict(x, verbose=0, batch_size=len(x))
+        else:
+            out = model(x, training=False)
     return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+
+
+def assert_outputs_close(actual, expected, *, rtol: float = 1e-5) -> None:
+    """Asserts two output structures equal to float32 rounding.
+
+    The absolute tolerance is ``rtol`` times the outputs' scale (at least 1): the
+    logits of the residual families reach ~12, where float32 rounding of the same
+    model run twice (batch 1 vs batch 2, or vs float64) already differs by ~1.5e-5.
+
+    Args:
+        actual: outputs (a tensor, an array, or a dict/list of them).
+        expected: the reference outputs, same structure and shapes.
+        rtol: relative tolerance, and the absolute one per unit of output scale.
+
+    Raises:
+        AssertionError: different structures, shapes or values.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_inception.testing import assert_outputs_close
+        >>> assert_outputs_close({"logits": np.float32([12.0, 1.0])},
+        ...                      {"logits": np.float32([12.0001, 1.0])})
+    """
+    actual = keras.tree.map_structure(keras.ops.convert_to_numpy, actual)
+    expected = keras.tree.map_structure(keras.ops.convert_to_numpy, expected)
+    keras.tree.assert_same_structure(actual, expected)
+    for a, e in zip(keras.tree.flatten(actual), keras.tree.flatten(expected)):
+        np.testing.assert_allclose(a, e, rtol=rtol,
+                                   atol=rtol * max(1.0, float(np.abs(e).max())))
 
 
 # An odd side, at least every family's minimum: exercises asymmetric 'same' padding.

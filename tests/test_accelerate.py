@@ -12,6 +12,7 @@ import pytest
 
 import keras_inception
 from keras_inception import testing
+from keras_inception.testing import assert_outputs_close
 from keras_inception.accelerate import (InferenceFunction, inference_function,
                                         mixed_precision_model)
 from keras_inception.layers import Norm, aux_head
@@ -30,17 +31,6 @@ def numpy(structure):
     return keras.tree.map_structure(keras.ops.convert_to_numpy, structure)
 
 
-def assert_close(actual, expected):
-    """Equal to float32 rounding: 1e-5, relative to the outputs' scale (logits)."""
-    actual, expected = numpy(actual), numpy(expected)
-    assert keras.tree.flatten(keras.tree.map_structure(lambda a: a.shape, actual)) == \
-        keras.tree.flatten(keras.tree.map_structure(lambda a: a.shape, expected))
-    keras.tree.map_structure(
-        lambda a, e: np.testing.assert_allclose(
-            a, e, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(e).max()))),
-        actual, expected)
-
-
 @pytest.fixture(scope="module")
 def googlenet():
     """GoogLeNet with both aux heads (any size from 17 px): cheap on every backend."""
@@ -54,20 +44,20 @@ def test_float32_equals_plain_model(name):
     x = testing.reference_images(2, testing.ODD_SIZE)
     fn = inference_function(model)
     assert isinstance(fn, InferenceFunction) and fn.precision == "float32"
-    assert_close(fn(x), testing.predict(model, x))
+    assert_outputs_close(fn(x), testing.predict(model, x))
 
 
 def test_aux_heads(googlenet):
     """Dict outputs (GoogLeNet's aux1/aux2), and the v3/v4/IRv2 aux head alone (5x5/3
     average pool, valid 5x5 convolution): in a whole model it needs 299 px."""
     x = testing.reference_images(2, 40)
-    assert_close(inference_function(googlenet)(x), testing.predict(googlenet, x))
+    assert_outputs_close(inference_function(googlenet)(x), testing.predict(googlenet, x))
     tap = keras.Input((17, 17, 16))
     head = keras.Model(tap, aux_head(tap, 10, name="aux", norm=Norm(),
                                      classifier_activation="softmax"))
     testing.deterministic_weights(head)
     features = np.random.default_rng(0).normal(size=(2, 17, 17, 16)).astype("float32")
-    assert_close(inference_function(head)(features), testing.predict(head, features))
+    assert_outputs_close(inference_function(head)(features), testing.predict(head, features))
 
 
 def test_torch_arithmetic():
@@ -76,20 +66,20 @@ def test_torch_arithmetic():
                                       classifier_activation="softmax")
     testing.deterministic_weights(model)
     x = testing.reference_images(2, 45)
-    assert_close(inference_function(model)(x), testing.predict(model, x))
+    assert_outputs_close(inference_function(model)(x), testing.predict(model, x))
 
 
 def test_unfused_and_headless_models(googlenet):
     """Without fusion BN runs as an affine map; without a top the feature map comes
     back in Keras' layout."""
     x = testing.reference_images(2, 40)
-    assert_close(inference_function(googlenet, fuse=False)(x),
+    assert_outputs_close(inference_function(googlenet, fuse=False)(x),
                  testing.predict(googlenet, x))
     body = keras_inception.GoogLeNet(include_top=False, input_shape=(40, 40, 3))
     testing.deterministic_weights(body)
     out = inference_function(body)(x)
     assert tuple(out.shape) == (2, 2, 2, 1024)
-    assert_close(out, testing.predict(body, x))
+    assert_outputs_close(out, testing.predict(body, x))
 
 
 def test_layers_outside_the_zoo():
@@ -106,7 +96,7 @@ def test_layers_outside_the_zoo():
     model = keras.Model(outer, y)
     testing.deterministic_weights(model)
     data = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
-    assert_close(inference_function(model)(data), model(data, training=False))
+    assert_outputs_close(inference_function(model)(data), model(data, training=False))
 
 
 def test_asymmetric_same_average_pooling():
@@ -120,8 +110,8 @@ def test_asymmetric_same_average_pooling():
         for j in range(4):
             expected[:, i, j] = data[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].mean(axis=(1, 2))
     if BACKEND != "torch":
-        assert_close(model(data), expected)
-    assert_close(inference_function(model)(data), expected)
+        assert_outputs_close(model(data), expected)
+    assert_outputs_close(inference_function(model)(data), expected)
 
 
 def test_bfloat16_keeps_clear_top1(googlenet):

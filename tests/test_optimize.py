@@ -6,8 +6,6 @@ so a wrong scale, shift, epsilon or channel order shows in the outputs.
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
@@ -17,8 +15,8 @@ from keras_inception import transfer
 from keras_inception.optimize import FusionError, fuse_batchnorm
 from keras_inception.preprocessing import attach_preprocessing, preprocessing_for
 from keras_inception.registry import get_model_info
-from keras_inception.testing import (deterministic_weights, main_head, predict,
-                                     reference_images, zoo_model)
+from keras_inception.testing import (assert_outputs_close, deterministic_weights,
+                                     main_head, predict, reference_images, zoo_model)
 from conftest import ALL_MODELS
 
 # Float32 rounding grows with depth and output scale: Inception-ResNet-v2's logits
@@ -28,31 +26,10 @@ RTOL = 1e-5
 SIZE = 32  # GoogLeNet computes down to 1 px, its aux heads from 17
 
 
-def _no_grad():
-    """PyTorch's no_grad (a third faster here: no autograd graph), else nothing."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()
-    return contextlib.nullcontext()
-
-
-def _eager(model, x):
-    return keras.tree.map_structure(keras.ops.convert_to_numpy, model(x, training=False))
-
-
 def _assert_same(fused, model, x, *, eager=False):
-    run = _eager if eager else predict  # tiny models: not worth a JAX compilation
-    with _no_grad():
-        expected, got = run(model, x), run(fused, x)
-    keras.tree.assert_same_structure(got, expected)
-    for a, b in zip(keras.tree.flatten(got), keras.tree.flatten(expected)):
-        _assert_close(a, b)
-
-
-def _assert_close(actual, expected):
-    atol = RTOL * max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=atol)
+    # eager: tiny models, not worth a JAX compilation
+    assert_outputs_close(predict(fused, x, eager=eager), predict(model, x, eager=eager),
+                         rtol=RTOL)
 
 
 def _shapes(outputs):
@@ -209,10 +186,10 @@ def test_refuses_what_it_cannot_fold_and_keeps_it_when_asked():
             if isinstance(layer, keras.layers.BatchNormalization)}
     assert kept == {"bn_after_relu", "bn_shared_input", "bn_after_act", "bn_training"}
     inputs = np.random.default_rng(3).normal(size=(2, 6, 6, 4)).astype("float32")
-    with _no_grad():
-        expected, got = _eager(model, inputs), _eager(fused, inputs)
+    expected = predict(model, inputs, eager=True)
+    got = predict(fused, inputs, eager=True)
     for i in (0, 1, 2, 4):  # bn_training normalises with each batch's own statistics
-        _assert_close(got[i], expected[i])
+        assert_outputs_close(got[i], expected[i], rtol=RTOL)
 
 
 def test_refuses_hidden_and_broken_batchnorms():
