@@ -1,6 +1,6 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
-from keras_inception import accelerate, optimize, stats, transfer
+from keras_inception import accelerate, distribute, optimize, stats, transfer
 from keras_inception.accelerate import inference_function, mixed_precision_model
 from keras_inception.optimize import fuse_batchnorm
 from keras_inception.features import feature_extractor
@@ -28,6 +28,6 @@ __all__ = [
     "WeightFileError", "load_weights",
     "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
     "preprocessing_for",
-    "feature_extractor", "ScaledResidual", "stats", "transfer",
+    "feature_extractor", "ScaledResidual", "stats", "transfer", "distribute",
     "optimize", "fuse_batchnorm", "accelerate", "inference_function", "mixed_precision_model",
 ]

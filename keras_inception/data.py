@@ -1045,6 +1045,12 @@ class ImageDataset(keras.utils.PyDataset):
         preprocessing: a mode of :func:`~keras_inception.preprocess_input`, or None
             for 0..255 values.
         seed: seed of the shuffling and augmentation.
+        shard: ``(index, count)``: yield only the ``index``-th of ``count`` equal,
+            contiguous parts of every batch (``batch_size`` stays the global batch
+            and must divide by ``count``). For data parallel on several hosts,
+            where each process feeds its part of each global batch
+            (:mod:`keras_inception.distribute`); the parts of all processes make
+            the global batch, in order.
         **pydataset_kwargs: ``workers``, ``use_multiprocessing``,
             ``max_queue_size`` (see ``keras.utils.PyDataset``).
 
@@ -1076,7 +1082,7 @@ class ImageDataset(keras.utils.PyDataset):
 
     def __init__(self, source: ImageSource, *, batch_size: int, image_size,
                  training: bool, preprocessing: Optional[str] = "inception",
-                 seed: int = 0, **pydataset_kwargs):
+                 seed: int = 0, shard: Tuple[int, int] = (0, 1), **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         if not isinstance(source, ImageSource):
             raise TypeError(f"ImageDataset takes an ImageSource (image_folder, "
@@ -1085,8 +1091,14 @@ class ImageDataset(keras.utils.PyDataset):
             raise ValueError(f"The image source {source.name!r} is empty.")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        index, count = (int(v) for v in shard)
+        if count < 1 or not 0 <= index < count or batch_size % count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count and "
+                             f"batch_size ({batch_size}) a multiple of count, got "
+                             f"{tuple(shard)}.")
         self.source = source
         self.batch_size = int(batch_size)
+        self.shard = (index, count)
         self.image_size = _size_pair(image_size)
         self.training = bool(training)
         self.preprocessing = None if preprocessing is None else _check_mode(preprocessing)
@@ -1171,6 +1183,10 @@ class ImageDataset(keras.utils.PyDataset):
         if not 0 <= idx < len(self):
             raise IndexError(f"batch index {idx} out of range [0, {len(self)}).")
         indices = self._order[idx * self.batch_size:(idx + 1) * self.batch_size]
+        index, count = self.shard
+        if count > 1:
+            part = -(-len(indices) // count)
+            indices = indices[index * part:(index + 1) * part]
         images = np.stack([self._decode(int(i)) for i in indices])
         labels = self.source.labels[indices].astype(np.int32)
         if self.training:

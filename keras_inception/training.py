@@ -55,6 +55,7 @@ with the top stages, see ``recipes/finetune_flowers.py``):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -68,10 +69,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import keras
 
 from keras_inception.cli import one_line
+from keras_inception.distribute import LR_SCALING
 import numpy as np
 
 __all__ = [
-    "CheckpointError", "FullBatches", "MultiTarget", "Phase", "Run", "RunMismatchError",
+    "CheckpointError", "EvenBatches", "FullBatches", "MultiTarget", "Phase", "Run", "RunMismatchError",
     "RunResult", "add_finetune_arguments", "apply_trainable", "atomic_write",
     "atomic_write_json", "build_classifier", "classification_report", "compile_args",
     "evaluation_markdown", "finetune", "finetune_cli", "finetune_phases",
@@ -504,7 +506,8 @@ def _num_classes(model) -> int:
     return int(_main_output(model).shape[-1])
 
 
-def compile_args(model, *, aux_weight: float = 0.3, top_k: int = 5) -> dict:
+def compile_args(model, *, aux_weight: float = 0.3, top_k: int = 5,
+                 sample_weighted: bool = False) -> dict:
     """Loss and metrics for a classifier with integer labels (``model.compile(**...)``).
 
     A plain model gets sparse categorical cross-entropy (on logits or
@@ -518,9 +521,13 @@ def compile_args(model, *, aux_weight: float = 0.3, top_k: int = 5) -> dict:
         model: the classifier.
         aux_weight: loss weight of each auxiliary head.
         top_k: k of the top-k accuracy metric.
+        sample_weighted: for data with sample weights (:class:`EvenBatches`):
+            the metrics become ``weighted_metrics`` (without weights they give
+            the same values).
 
     Returns:
-        ``{"loss": ..., "metrics": ...}`` (and ``"loss_weights"`` with aux heads).
+        ``{"loss": ..., "metrics": ...}`` (and ``"loss_weights"`` with aux heads;
+        ``"weighted_metrics"`` instead of ``"metrics"`` when ``sample_weighted``).
 
     Example:
         >>> import keras
@@ -543,21 +550,42 @@ def compile_args(model, *, aux_weight: float = 0.3, top_k: int = 5) -> dict:
         names = [getattr(m, "name", m) for m in main]
         metrics["logits"] = main + [m for m in topk if m.name not in names]
         args["metrics"] = metrics
-        return args
-    loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=not _outputs_probabilities(model))
-    return {"loss": loss,
-            "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] + topk}
+    else:
+        args = {"loss": keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=not _outputs_probabilities(model)),
+                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+                + topk}
+    if sample_weighted:
+        args["weighted_metrics"] = args.pop("metrics")
+    return args
 
 
 # -------------------------------------------------------------------------- data
 
-class MultiTarget(keras.utils.PyDataset):
+class _Wrapper(keras.utils.PyDataset):
+    """A dataset over another: same length, epoch ends passed on."""
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(**kwargs)
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def on_epoch_end(self):
+        hook = getattr(self.dataset, "on_epoch_end", None)
+        if hook is not None:
+            hook()
+
+
+class MultiTarget(_Wrapper):
     """Gives every output of a multi-output model the same labels.
 
     Keras wants one target per output of a model whose output is a dict
     (``{"logits", "aux"}``); this wraps a dataset of ``(x, y)`` batches to yield
-    ``(x, {head: y for head in heads})``, and passes epoch ends on (shuffling).
+    ``(x, {head: y for head in heads})`` (sample weights, when the batches have
+    them, pass unchanged: Keras applies them to every head), and passes epoch
+    ends on (shuffling).
 
     Args:
         dataset: a ``keras.utils.PyDataset`` of ``(x, y)`` batches.
@@ -577,24 +605,15 @@ class MultiTarget(keras.utils.PyDataset):
     """
 
     def __init__(self, dataset, heads: Sequence[str], **kwargs):
-        super().__init__(**kwargs)
-        self.dataset = dataset
+        super().__init__(dataset, **kwargs)
         self.heads = tuple(heads)
 
-    def __len__(self):
-        return len(self.dataset)
-
     def __getitem__(self, index):
-        x, y = self.dataset[index][:2]
-        return x, {head: y for head in self.heads}
-
-    def on_epoch_end(self):
-        hook = getattr(self.dataset, "on_epoch_end", None)
-        if hook is not None:
-            hook()
+        x, y, *weights = self.dataset[index]
+        return (x, {head: y for head in self.heads}, *weights)
 
 
-class FullBatches(keras.utils.PyDataset):
+class FullBatches(_Wrapper):
     """A dataset without its last, incomplete batch (when it has more than one).
 
     Every distinct batch shape costs a compilation of the training step (tens of
@@ -619,11 +638,17 @@ class FullBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, dataset, **kwargs):
-        super().__init__(**kwargs)
-        self.dataset = dataset
+        super().__init__(dataset, **kwargs)
         count = len(dataset)
-        last = len(dataset[count - 1][1]) if count > 1 else 0
-        self._len = count - 1 if count > 1 and last < len(dataset[0][1]) else count
+        batch = getattr(dataset, "batch_size", None)
+        source = getattr(dataset, "source", None)
+        if batch is not None and source is not None:
+            # Decided on the global batch (an ImageDataset shard yields a part of
+            # it): every process of a data-parallel run drops the same batch.
+            full, last = batch, len(source) - (count - 1) * batch
+        else:
+            full, last = (len(dataset[0][1]), len(dataset[count - 1][1])) if count else (0, 0)
+        self._len = count - 1 if count > 1 and last < full else count
 
     def __len__(self):
         return self._len
@@ -631,16 +656,88 @@ class FullBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         return self.dataset[index]
 
-    def on_epoch_end(self):
-        hook = getattr(self.dataset, "on_epoch_end", None)
-        if hook is not None:
-            hook()
-
     def set_epoch(self, epoch: int) -> None:
         """Passed on to the wrapped dataset (when it has one)."""
         hook = getattr(self.dataset, "set_epoch", None)
         if hook is not None:
             hook(epoch)
+
+
+class EvenBatches(_Wrapper):
+    """Batches padded to a multiple of ``multiple`` rows, the padding weighted 0.
+
+    Data parallel splits every batch evenly across the devices, so a validation
+    batch of 10 images cannot go to 4 devices. This pads each batch with copies
+    of its first images and yields ``(x, y, sample_weight)``: 0 for the copies,
+    and for the real images one constant, ``padded rows / real rows`` over the
+    whole dataset. Keras divides a batch's weighted loss by its padded size and
+    averages batches by padded size, so this constant makes the loss exactly the
+    mean over the real images, on every replica layout; weighted metrics
+    (:func:`compile_args` ``(..., sample_weighted=True)``) count the real images
+    alone.
+
+    Args:
+        dataset: a dataset of ``(x, y)`` batches (len and indexing; with
+            ``batch_size`` and ``source`` attributes, like
+            :class:`keras_inception.data.ImageDataset`, the batch sizes are known
+            without reading the batches).
+        multiple: the row count every batch is padded to a multiple of.
+        shard: ``(index, count)``: yield only this process's contiguous part of
+            each padded batch (data parallel on several hosts; ``multiple`` must
+            be a multiple of ``count``).
+        **kwargs: ``keras.utils.PyDataset`` arguments.
+
+    Example:
+        >>> import numpy as np
+        >>> class Batches(keras.utils.PyDataset):
+        ...     def __len__(self):
+        ...         return 1
+        ...     def __getitem__(self, i):
+        ...         return np.arange(3.0)[:, None], np.array([0, 1, 2])
+        >>> x, y, w = EvenBatches(Batches(), 4)[0]
+        >>> x.ravel().tolist(), y.tolist(), w.tolist()
+        ([0.0, 1.0, 2.0, 0.0], [0, 1, 2, 0], [1.3333333730697632, 1.3333333730697632, 1.3333333730697632, 0.0])
+    """
+
+    def __init__(self, dataset, multiple: int, *, shard: Tuple[int, int] = (0, 1),
+                 **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.multiple = int(multiple)
+        self.shard = (int(shard[0]), int(shard[1]))
+        if self.multiple % self.shard[1]:
+            raise ValueError(f"multiple ({multiple}) must be a multiple of the shard "
+                             f"count ({shard[1]}).")
+        sizes = self._batch_sizes()
+        padded = sum(n + (-n) % self.multiple for n in sizes)
+        self.weight = padded / max(1, sum(sizes))
+
+    def _batch_sizes(self) -> List[int]:
+        batch = getattr(self.dataset, "batch_size", None)
+        source = getattr(self.dataset, "source", None)
+        if batch is not None and source is not None and getattr(
+                self.dataset, "shard", (0, 1)) == (0, 1):
+            total = len(source)
+            return [min(batch, total - i * batch) for i in range(len(self.dataset))]
+        return [len(self.dataset[i][1]) for i in range(len(self.dataset))]
+
+    def __getitem__(self, index):
+        x, y = self.dataset[index][:2]
+        count = len(y)
+        rows = np.concatenate([np.arange(count),
+                               np.arange((-count) % self.multiple) % count])
+        weights = np.where(np.arange(len(rows)) < count, self.weight, 0.0)
+        index, parts = self.shard
+        part = len(rows) // parts
+        mine = slice(index * part, (index + 1) * part)
+        return (np.asarray(x)[rows][mine], np.asarray(y)[rows][mine],
+                weights.astype("float32")[mine])
+
+
+def _global_batch(data, batch_size: int) -> int:
+    """Images per training step: ``batch_size`` for arrays, else the first batch's."""
+    if _is_arrays(data):
+        return int(batch_size)
+    return len(data[0][1])
 
 
 def _is_arrays(data) -> bool:
@@ -669,7 +766,8 @@ def _batches(data, batch_size: int):
             yield batch[0], np.asarray(batch[1])
 
 
-def predict_dataset(model, data, *, batch_size: int = 32, verbose: int = 1):
+def predict_dataset(model, data, *, batch_size: int = 32, verbose: int = 1,
+                    pad_to: int = 1):
     """Labels and class probabilities of the main head over a whole dataset.
 
     Args:
@@ -679,6 +777,9 @@ def predict_dataset(model, data, *, batch_size: int = 32, verbose: int = 1):
             an ``(x, y)`` tuple of arrays.
         batch_size: for arrays only.
         verbose: show a progress bar.
+        pad_to: pad each batch to a multiple of this many images (copies whose
+            outputs are dropped): data parallel needs batches that split evenly
+            across the devices.
 
     Returns:
         ``(labels int64 [N], probabilities float32 [N, classes])``; a softmax is
@@ -700,7 +801,10 @@ def predict_dataset(model, data, *, batch_size: int = 32, verbose: int = 1):
     bar = keras.utils.Progbar(steps, verbose=1 if verbose else 0, unit_name="batch")
     labels, outputs = [], []
     for step, (x, y) in enumerate(_batches(data, batch_size), 1):
-        out = keras.ops.convert_to_numpy(model.predict_on_batch(x))
+        count = len(x)
+        if count % pad_to:
+            x = np.asarray(x)[np.arange(count + (-count) % pad_to) % count]
+        out = keras.ops.convert_to_numpy(model.predict_on_batch(x))[:count]
         outputs.append(out.astype("float32"))
         labels.append(np.asarray(y).reshape(-1).astype("int64"))
         bar.update(step)
@@ -1073,6 +1177,7 @@ class Run:
         self.config = _jsonable(config or {})
         self.print = print_fn
         self._data = None
+        self._distribution = None
         if restart:
             self._clear()
         self.state = self._read_state()
@@ -1204,7 +1309,7 @@ class Run:
                  "phase_index": phase_index, "phase": phase.name,
                  "phase_epochs_done": phase_epoch, "checkpoint": name,
                  "backend": keras.backend.backend(), "history": history,
-                 "finished": False}
+                 "distribution": self._distribution, "finished": False}
         atomic_write_json(self._path(STATE_FILE), state)
         self.state = state
         self._prune_checkpoints(keep=name)
@@ -1230,7 +1335,8 @@ class Run:
             data_info: Optional[dict] = None, aux_weight: float = 0.3,
             compile_kwargs: Optional[dict] = None, batch_size: int = 32,
             seed: Optional[int] = None, verbose="auto", plots: bool = True,
-            save_model: bool = True, callbacks: Sequence[Any] = ()) -> RunResult:
+            save_model: bool = True, callbacks: Sequence[Any] = (),
+            distribution=None) -> RunResult:
         """Trains the epochs still to do, then evaluates and writes the report.
 
         On a resumed run the model's variables come from the last checkpoint (the
@@ -1262,6 +1368,11 @@ class Run:
             save_model: write ``model.keras``.
             callbacks: more Keras callbacks for every phase's ``fit`` (they run
                 after the epoch's checkpoint is written).
+            distribution: a :class:`keras_inception.distribute.DataParallelPlan`
+                to train data-parallel (the model must have been built inside its
+                ``scope()``; the data must be a dataset whose training batches
+                split evenly across the devices). Checkpoints are the same as on
+                one device: a run may resume on another number of devices.
 
         Returns:
             A :class:`RunResult`.
@@ -1269,7 +1380,38 @@ class Run:
         Raises:
             RunMismatchError: the folder's run used other data.
             CheckpointError: its checkpoint does not fit ``model``.
+            ValueError: a model built outside the distribution's scope, or a
+                batch that does not split across its devices.
         """
+        if distribution is None:
+            return self._fit(model, train_data, validation_data, class_names=class_names,
+                             data_info=data_info, aux_weight=aux_weight,
+                             compile_kwargs=compile_kwargs, batch_size=batch_size,
+                             seed=seed, verbose=verbose, plots=plots,
+                             save_model=save_model, callbacks=callbacks,
+                             distribution=None)
+        distribution.check_model(model)
+        if distribution.even_batches and (_is_arrays(train_data)
+                                          or _is_arrays(validation_data)):
+            raise ValueError(
+                "Data parallel needs datasets whose batches split evenly across "
+                "the devices, not arrays: wrap them in a keras.utils.PyDataset (e.g. "
+                "keras_inception.training.FullBatches over an ImageDataset).")
+        # With several JAX processes, each feeds its part of every global batch.
+        parts = distribution.num_processes if distribution.backend == "jax" else 1
+        distribution.per_replica_batch(_global_batch(train_data, batch_size) * parts)
+        with distribution.scope():
+            return self._fit(model, train_data, validation_data, class_names=class_names,
+                             data_info=data_info, aux_weight=aux_weight,
+                             compile_kwargs=compile_kwargs, batch_size=batch_size,
+                             seed=seed, verbose=verbose, plots=plots,
+                             save_model=save_model, callbacks=callbacks,
+                             distribution=distribution)
+
+    def _fit(self, model, train_data, validation_data, *, class_names, data_info,
+             aux_weight, compile_kwargs, batch_size, seed, verbose, plots, save_model,
+             callbacks, distribution) -> RunResult:
+        self._distribution = None if distribution is None else distribution.describe()
         self._data = _jsonable(data_info) if data_info is not None else None
         if self.state is not None:
             self._check("data", self.state["fingerprint"].get("data"), self._data)
@@ -1295,27 +1437,42 @@ class Run:
                             optimizer=False)
         if seed is not None:
             keras.utils.set_random_seed(int(seed) + start)
+        even = distribution is not None and distribution.even_batches
+        # A dataset told its epoch (set_epoch) shuffles itself from (seed, epoch):
+        # Keras' own shuffle of its batch order would draw from Python's global
+        # random state, so a resumed run would see other batches.
+        shuffle = not hasattr(train_data, "set_epoch")
         train = _with_heads(train_data, model)
-        val = _with_heads(validation_data, model)
+        val = _with_heads(
+            EvenBatches(validation_data, distribution.num_replicas,
+                        shard=(distribution.process_index, distribution.num_processes)
+                        if distribution.backend == "jax" else (0, 1))
+            if even and validation_data is not None else validation_data, model)
         first, done_in_first = self.position(start)
-        for index in range(first, len(self.phases)):
-            done = done_in_first if index == first else 0
-            if done >= self.phases[index].epochs:  # a phase of 0 epochs
-                continue
-            checkpoint = _EpochCheckpoint(self, index, train_data)
-            # Before fit: Keras reads a first batch (for its shapes) before any
-            # callback runs.
-            checkpoint.set_epoch(done)
-            self._train_phase(model, index, done, train, val, aux_weight=aux_weight,
-                              compile_kwargs=compile_kwargs, batch_size=batch_size,
-                              verbose=verbose, callbacks=[checkpoint, *callbacks])
+        sync = (distribution.synchronized_batchnorm(model) if distribution is not None
+                else contextlib.nullcontext())
+        with sync:  # not around _finish: model.keras keeps the layers' own settings
+            for index in range(first, len(self.phases)):
+                done = done_in_first if index == first else 0
+                if done >= self.phases[index].epochs:  # a phase of 0 epochs
+                    continue
+                checkpoint = _EpochCheckpoint(self, index, train_data)
+                # Before fit: Keras reads a first batch (for its shapes) before any
+                # callback runs.
+                checkpoint.set_epoch(done)
+                self._train_phase(model, index, done, train, val, aux_weight=aux_weight,
+                                  compile_kwargs=compile_kwargs, batch_size=batch_size,
+                                  verbose=verbose, callbacks=[checkpoint, *callbacks],
+                                  sample_weighted=even, shuffle=shuffle)
         return self._finish(model, validation_data, names,
                             trained=self.epochs_done - start, start=start,
                             batch_size=batch_size, verbose=verbose, plots=plots,
-                            save_model=save_model)
+                            save_model=save_model,
+                            pad_to=distribution.num_replicas if even else 1)
 
     def _train_phase(self, model, index, done, train, val, *, aux_weight,
-                     compile_kwargs, batch_size, verbose, callbacks):
+                     compile_kwargs, batch_size, verbose, callbacks, sample_weighted,
+                     shuffle):
         phase = self.phases[index]
         trainable = apply_trainable(model, phase.trainable)
         if _is_zoo_model(model):
@@ -1328,24 +1485,26 @@ class Run:
                    f"training {_describe_trainable(phase.trainable)} "
                    f"({len(trainable)} layers, {params:,} parameters).")
         model.compile(optimizer=phase.make_optimizer(),
-                      **compile_args(model, aux_weight=aux_weight),
+                      **compile_args(model, aux_weight=aux_weight,
+                                     sample_weighted=sample_weighted),
                       **(compile_kwargs or {}))
         if done:
             # Same phase, same trainable layers: the saved slots fit one by one.
             load_checkpoint(model, self._path(CHECKPOINTS, self.state["checkpoint"]),
                             optimizer=True)
         fit_kwargs = ({"x": train[0], "y": train[1], "batch_size": batch_size,
-                       "shuffle": True} if _is_arrays(train) else {"x": train})
+                       "shuffle": True} if _is_arrays(train) else
+                      {"x": train, "shuffle": shuffle})
         if val is not None:
             fit_kwargs["validation_data"] = val
         model.fit(**fit_kwargs, epochs=phase.epochs, initial_epoch=done,
                   callbacks=callbacks, verbose=verbose)
 
     def _finish(self, model, validation_data, names, *, trained, start, batch_size,
-                verbose, plots, save_model) -> RunResult:
+                verbose, plots, save_model, pad_to=1) -> RunResult:
         self.print("\nEvaluating on the validation split...")
         labels, probs = predict_dataset(model, validation_data, batch_size=batch_size,
-                                        verbose=verbose not in (0, 2))
+                                        verbose=verbose not in (0, 2), pad_to=pad_to)
         report = classification_report(labels, probs, names)
         markdown = evaluation_markdown(report)
         self.print(markdown)
@@ -1480,7 +1639,8 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
              aux_weight: Optional[float] = None, dropout: float = 0.2, seed: int = 0,
              limit: Optional[int] = None, synthetic_per_class: int = 50,
              validation_fraction: float = 0.2, restart: bool = False, workers: int = 1,
-             verbose="auto", run_eagerly: bool = False,
+             verbose="auto", run_eagerly: bool = False, distribution=None,
+             callbacks: Sequence[Any] = (),
              print_fn: Callable[..., Any] = print) -> RunResult:
     """Fine-tunes a registry model on flowers (or any image folder), resumably.
 
@@ -1516,6 +1676,14 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
         verbose: ``model.fit``'s verbosity.
         run_eagerly: Keras' ``run_eagerly`` (debugging; on TensorFlow also quicker
             than tracing for a few tiny batches). Not part of the run's settings.
+        distribution: a :class:`keras_inception.distribute.DataParallelPlan`:
+            train data-parallel, ``batch_size`` being the global batch (it must
+            split evenly across the devices). The model is built in the plan's
+            scope; with several processes each feeds its part of every batch. Not
+            part of the run's settings: a run may resume on another number of
+            devices with the same global batch.
+        callbacks: more Keras callbacks for every phase (after each epoch's
+            checkpoint is written), e.g. ``keras.callbacks.TensorBoard``.
         print_fn: where messages go.
 
     Raises:
@@ -1550,6 +1718,9 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
               "aux_weight": aux_weight, "dropout": dropout, "seed": seed,
               "limit": limit, "synthetic_per_class": synthetic_per_class,
               "validation_fraction": validation_fraction}
+    if distribution is not None:
+        # Before any work: a batch that does not split fails here, said plainly.
+        print_fn(distribution.summary(batch_size))
     run = Run(out_dir, phases, config=config, restart=restart, print_fn=print_fn)
     if run.finished:
         # Nothing to build or load: say so and hand back what was saved.
@@ -1565,18 +1736,24 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
     val = take_per_class(flowers.val, None if limit is None else
                          max(1, round(limit * validation_fraction)))
     names = list(flowers.class_names)
-    model, pretrained = build_classifier(info.name, len(names), image_size=image_size,
-                                         weights=weights, dropout=dropout,
-                                         aux_heads=aux_weight is not None,
-                                         print_fn=print_fn)
+    # Inside the plan's scope, the variables are made replicated on every device.
+    with (distribution.scope() if distribution is not None else contextlib.nullcontext()):
+        model, pretrained = build_classifier(info.name, len(names), image_size=image_size,
+                                             weights=weights, dropout=dropout,
+                                             aux_heads=aux_weight is not None,
+                                             print_fn=print_fn)
     mode = preprocessing.preprocessing_for(model)
     print_fn(f"{info.name} ({'pretrained ' + repr(weights) if pretrained else 'random'} "
              f"weights), {image_size}x{image_size} input, '{mode}' preprocessing; "
              f"data: {flowers.source_name}, {len(names)} classes, {len(train)} training "
              f"and {len(val)} validation images.")
+    # Several hosts on JAX: each process feeds its part of every global batch.
+    shard = ((distribution.process_index, distribution.num_processes)
+             if distribution is not None and distribution.backend == "jax"
+             else (0, 1))
     train_data = FullBatches(D.ImageDataset(
         train, batch_size=batch_size, image_size=image_size, training=True,
-        preprocessing=mode, seed=seed, workers=workers))
+        preprocessing=mode, seed=seed, shard=shard, workers=workers))
     # Small validation sets in one batch: one batch shape, so one compilation of
     # the evaluation step (JAX compiles each shape anew).
     val_batch = len(val) if len(val) <= max(batch_size, _ONE_BATCH) else batch_size
@@ -1594,7 +1771,8 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
                    data_info={"source": flowers.source_name, "class_names": names,
                               "train": len(train), "val": len(val)},
                    aux_weight=0.3 if aux_weight is None else aux_weight, seed=seed,
-                   verbose=verbose,
+                   verbose=verbose, batch_size=batch_size, distribution=distribution,
+                   callbacks=callbacks,
                    compile_kwargs={"run_eagerly": True} if run_eagerly else None)
 
 
@@ -1682,10 +1860,31 @@ def add_finetune_arguments(parser, *, model: str, image_size: int, limit: int,
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress: 1 bars (default), 2 one line per epoch, "
                              "0 silent")
+    scale = parser.add_argument_group(
+        "data parallel", "Several devices, one model replica each; --batch-size is the "
+                         "global batch. See the 'Scaling out' page of the docs.")
+    scale.add_argument("--distribute", action="store_true",
+                       help="train data-parallel on every visible device: "
+                            "keras.distribution.DataParallel on JAX, "
+                            "tf.distribute.MirroredStrategy on TensorFlow "
+                            "(MultiWorkerMirroredStrategy with TF_CONFIG); not "
+                            "available on PyTorch")
+    scale.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                       help="split the CPU into N devices, to rehearse --distribute "
+                            "without GPUs (same cores: no speed-up)")
+    scale.add_argument("--lr-scaling", default="none", choices=LR_SCALING,
+                       help="scale both learning rates with the global batch: linear "
+                            "(x batch/base), sqrt, or none (default)")
+    scale.add_argument("--base-batch-size", type=int, default=16,
+                       help="the batch the learning rates are set for, with "
+                            "--lr-scaling (default: 16)")
 
 
 def finetune_phases(args) -> List[Phase]:
     """Head first, then the top stages at the lower learning rate.
+
+    Both learning rates are scaled for the global batch as ``--lr-scaling``
+    says (:func:`keras_inception.distribute.scale_learning_rate`).
 
     Args:
         args: parsed :func:`add_finetune_arguments` arguments.
@@ -1701,10 +1900,16 @@ def finetune_phases(args) -> List[Phase]:
         >>> [(p.name, p.trainable) for p in finetune_phases(parser.parse_args([]))]
         [('head', 'head'), ('top_stages', 2)]
     """
-    return [Phase("head", epochs=args.epochs_head, learning_rate=args.lr_head,
+    from keras_inception.distribute import scale_learning_rate
+
+    def rate(value):
+        return scale_learning_rate(value, args.batch_size, rule=args.lr_scaling,
+                                   base_batch_size=args.base_batch_size)
+
+    return [Phase("head", epochs=args.epochs_head, learning_rate=rate(args.lr_head),
                   trainable="head", optimizer=args.optimizer),
             Phase("top_stages", epochs=args.epochs_finetune,
-                  learning_rate=args.lr_finetune, trainable=args.unfreeze,
+                  learning_rate=rate(args.lr_finetune), trainable=args.unfreeze,
                   optimizer=args.optimizer)]
 
 
@@ -1747,13 +1952,13 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
         >>> finetune_cli(parser.parse_args(["--batch-size", "0"]), "finetune.py")
         2
     """
-    from keras_inception import data
+    from keras_inception import data, distribute
 
     def fail(message):
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 
-    for name in ("image_size", "batch_size", "synthetic_per_class"):
+    for name in ("image_size", "batch_size", "synthetic_per_class", "base_batch_size"):
         if getattr(args, name) < 1:
             return fail(f"--{name.replace('_', '-')} must be at least 1, got "
                         f"{getattr(args, name)}.")
@@ -1765,6 +1970,22 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
                    if args.class_names else None)
     weights = None if args.weights.lower() == "none" else args.weights
     _enable_jax_cache()
+    plan = None
+    try:
+        if args.cpu_devices is not None:
+            distribute.simulate_cpu_devices(args.cpu_devices)
+        if args.distribute:
+            plan = distribute.data_parallel()
+    except (ValueError, distribute.DistributionUnsupported) as err:
+        return fail(one_line(err))
+    if args.distribute or args.lr_scaling != "none":
+        print(f"Learning rates for the global batch of {args.batch_size}: "
+              + ", ".join(f"{p.name} {p.learning_rate:g}" for p in steps)
+              + (f" ({args.lr_scaling} scaling of --lr-head {args.lr_head:g} / "
+                 f"--lr-finetune {args.lr_finetune:g}, set for batch "
+                 f"{args.base_batch_size})" if args.lr_scaling != "none" else
+                 " (as given: --lr-scaling linear or sqrt scales them from "
+                 f"--base-batch-size {args.base_batch_size})") + ".")
     try:
         result = finetune(
             out_dir=args.out_dir, model_name=args.model, weights=weights,
@@ -1773,7 +1994,8 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
             dropout=args.dropout, seed=args.seed, limit=args.limit or None,
             synthetic_per_class=args.synthetic_per_class,
             validation_fraction=args.validation_fraction, restart=args.restart,
-            workers=args.workers, verbose=args.verbose, run_eagerly=args.run_eagerly)
+            workers=args.workers, verbose=args.verbose, run_eagerly=args.run_eagerly,
+            distribution=plan)
     except (ValueError, FileNotFoundError, NotADirectoryError, data.DataUnavailable,
             CheckpointError) as err:
         # RunMismatchError is a ValueError; each message says what to do.

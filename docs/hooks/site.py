@@ -36,7 +36,7 @@ API_SECTIONS = [
     ("Weights and conversion", ["pretrained", "weights_io", "download", "convert"]),
     ("Features, preprocessing, statistics", ["features", "preprocessing", "stats"]),
     ("Transfer learning, data, training, export", ["transfer", "data", "training",
-                                                    "export"]),
+                                                    "distribute", "export"]),
     ("Performance", ["optimize", "accelerate", "initializers"]),
     ("Building blocks", ["layers"]),
     ("Internals", ["base", "cli", "manifest", "refmaps", "testing", "convert.readers",
