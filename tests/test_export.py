@@ -165,6 +165,12 @@ def test_tf_serving_layout_and_export_process(exported):
     assert metadata["image_size"] == [SIZE, SIZE]
     assert metadata["preprocessing"] == "inception"
     assert metadata["softmax_applied"] is True  # the model outputs logits
+    # The served graph has every BatchNormalization folded into its convolution
+    # (the outputs are checked against the Keras model by the serving tests).
+    assert metadata["batchnorm_folded"] == sum(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in
+        keras_inception.GoogLeNet(input_shape=(SIZE, SIZE, 3), weights=None,
+                                  classes=len(CLASSES), arithmetic="torch").layers) > 50
     assert metadata["class_names"] == list(CLASSES)
     assert metadata["trained_on_backend"] == BACKEND
     process = metadata["exported_by"]
@@ -389,6 +395,18 @@ def test_unknown_final_activation_needs_from_logits():
     with pytest.raises(ValueError, match="from_logits=True"):
         E._outputs_logits(model, None)
     assert E._outputs_logits(model, True) is True
+
+
+def test_batchnorm_folding_of_the_exported_graph_is_optional():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="c")(inputs)
+    x = keras.layers.BatchNormalization(name="c_bn")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    fused, folded = E._inference_graph(model, True)
+    assert folded == 1 and "c_bn" not in [layer.name for layer in fused.layers]
+    assert E._inference_graph(model, False) == (model, 0)
+    assert E._parser().parse_args(["m.keras", "--fuse-batchnorm", "false"]).fuse_batchnorm \
+        is False
 
 
 def test_argument_errors(tmp_path):
