@@ -3,6 +3,7 @@
 from keras_inception import accelerate, distribute, optimize, stats, transfer
 from keras_inception.accelerate import inference_function, mixed_precision_model
 from keras_inception.optimize import fuse_batchnorm
+from keras_inception.initializers import load_model
 from keras_inception.features import feature_extractor
 from keras_inception.googlenet import GoogLeNet, InceptionV1
 from keras_inception.inception_v2 import InceptionV2
@@ -29,5 +30,5 @@ __all__ = [
     "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
     "preprocessing_for",
     "feature_extractor", "ScaledResidual", "stats", "transfer", "distribute",
-    "optimize", "fuse_batchnorm", "accelerate", "inference_function", "mixed_precision_model",
+    "optimize", "fuse_batchnorm", "load_model", "accelerate", "inference_function", "mixed_precision_model",
 ]

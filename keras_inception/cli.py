@@ -110,12 +110,13 @@ def model_from_argument(model: str, weights: str = "imagenet", size=None, *,
     import keras
 
     from keras_inception import pretrained, registry
+    from keras_inception.initializers import load_model
 
     if model.endswith(".keras") or os.path.isfile(model):
         if not os.path.isfile(model):
             raise FileNotFoundError(f"No model file at {model!r}.")
         stem = os.path.basename(model)[:-len(".keras")] or "model"
-        return keras.saving.load_model(model, compile=False), stem, model
+        return load_model(model, compile=False), stem, model
     info = registry.get_model_info(model)
     weights = None if weights is None or weights.lower() == "none" else weights
     entry = pretrained.find_weights_entry(info.name, weights)

@@ -741,7 +741,7 @@ def _load(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras_inception.load_model(path, compile=False)
     except (TypeError, ValueError) as err:
         # Keras appends the whole config to the cause: keep the cause.
         reason = str(err)

@@ -286,3 +286,61 @@ def test_an_error_inside_leaves_nothing_pending():
     assert _numpy(layer.kernel).shape == (4, 2)
     # No abandoned variable left for the next stateless scope to initialise.
     assert not global_state.get_global_attribute("uninitialized_variables")
+
+
+# ------------------------------------------------------------------ load_model
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A zoo model with aux heads and our own layers, plain and compiled, on disk."""
+    root = tmp_path_factory.mktemp("load_model")
+    keras.utils.set_random_seed(3)
+    model = keras_inception.GoogLeNet(input_shape=(32, 32, 3), weights=None, classes=4,
+                                      aux_logits=True, arithmetic="torch")
+    # Non-default values everywhere, BN statistics included.
+    model.set_weights([w + np.random.default_rng(i).normal(0, 0.01, w.shape)
+                       .astype(w.dtype) for i, w in enumerate(model.get_weights())])
+    plain = root / "plain.keras"
+    model.save(plain)
+    compiled = keras_inception.Xception(input_shape=(71, 71, 3), weights=None, classes=3)
+    compiled.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    compiled.train_on_batch(np.zeros((2, 71, 71, 3), "float32"), np.array([0, 1]))
+    with_optimizer = root / "compiled.keras"
+    compiled.save(with_optimizer)
+    return model, plain, with_optimizer
+
+
+def test_load_model_gives_what_keras_load_model_gives(saved_models):
+    model, plain, _ = saved_models
+    fast = keras_inception.load_model(plain)
+    reference = keras.saving.load_model(plain)
+    assert fast.get_config() == reference.get_config()
+    assert [w.path for w in fast.weights] == [w.path for w in reference.weights]
+    for got, want in zip(fast.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    got, want = fast(x), reference(x)
+    for key in want:
+        np.testing.assert_array_equal(_numpy(got[key]), _numpy(want[key]))
+
+
+def test_load_model_keeps_compiled_state_by_falling_back(saved_models):
+    _, _, with_optimizer = saved_models
+    reference = keras.saving.load_model(with_optimizer)
+    loaded = keras_inception.load_model(with_optimizer)
+    assert loaded.optimizer is not None and loaded.optimizer.built
+    for got, want in zip(loaded.optimizer.variables, reference.optimizer.variables):
+        np.testing.assert_array_equal(_numpy(got), _numpy(want))
+    fast = keras_inception.load_model(with_optimizer, compile=False)  # the fast path
+    for got, want in zip(fast.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_load_model_errors_name_the_file_and_change_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        keras_inception.load_model(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.keras is not a readable .keras archive"):
+        keras_inception.load_model(bad)
+    assert bad.read_bytes() == b"not a zip"
