@@ -538,14 +538,16 @@ def _tf_workers() -> Tuple[int, int]:
         return 1, 0
     try:
         config = json.loads(raw)
-        workers = len(config.get("cluster", {}).get("worker", [])) + len(
-            config.get("cluster", {}).get("chief", []))
+        cluster = config.get("cluster", {})
+        chiefs = len(cluster.get("chief", []))
+        workers = len(cluster.get("worker", [])) + chiefs
         task = config.get("task", {})
-    except (ValueError, AttributeError) as err:
+        # The chief is task 0; workers count after it.
+        index = int(task.get("index", 0)) + (chiefs if task.get("type") == "worker"
+                                             else 0)
+    except (ValueError, AttributeError, TypeError) as err:
         raise ValueError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task': "
                          f"{err}.") from err
-    index = int(task.get("index", 0)) + (1 if task.get("type") == "worker" and
-                                          config["cluster"].get("chief") else 0)
     return max(1, workers), index
 
 

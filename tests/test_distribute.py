@@ -70,6 +70,19 @@ def test_plan_splits_the_global_batch_and_says_how():
         plan.per_replica_batch(2)
 
 
+def test_tf_config_gives_the_workers_and_this_ones_index(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute._tf_workers() == (1, 0)
+    cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
+    for task, index in (({"type": "chief", "index": 0}, 0),
+                        ({"type": "worker", "index": 1}, 2)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert distribute._tf_workers() == (3, index)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        distribute._tf_workers()
+
+
 class _Batches(keras.utils.PyDataset):
     def __init__(self, x, y, batch):
         super().__init__()
