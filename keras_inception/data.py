@@ -47,8 +47,8 @@ from keras_inception.preprocessing import _check_mode, _crop_box, preprocess_inp
 
 __all__ = [
     "DataUnavailable", "FlowersData", "ImageDataset", "ImageSource", "RandomResizedCrop",
-    "augmentation", "image_folder", "load_flowers", "split", "synthetic_flowers",
-    "tfds_flowers",
+    "augmentation", "image_folder", "load_flowers", "shard_part", "split",
+    "synthetic_flowers", "tfds_flowers",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -1119,6 +1119,16 @@ class ImageDataset(keras.utils.PyDataset):
     def __len__(self) -> int:
         return int(math.ceil(len(self.source) / self.batch_size))
 
+    def batch_sizes(self) -> List[int]:
+        """Images in each (global) batch, known without reading any.
+
+        Returns:
+            One size per batch: ``batch_size``, and the remainder last.
+        """
+        total = len(self.source)
+        return [min(self.batch_size, total - i * self.batch_size)
+                for i in range(len(self))]
+
     def _epoch_order(self) -> np.ndarray:
         if not self.training:
             return np.arange(len(self.source))
@@ -1183,10 +1193,7 @@ class ImageDataset(keras.utils.PyDataset):
         if not 0 <= idx < len(self):
             raise IndexError(f"batch index {idx} out of range [0, {len(self)}).")
         indices = self._order[idx * self.batch_size:(idx + 1) * self.batch_size]
-        index, count = self.shard
-        if count > 1:
-            part = -(-len(indices) // count)
-            indices = indices[index * part:(index + 1) * part]
+        indices = indices[shard_part(len(indices), self.shard)]
         images = np.stack([self._decode(int(i)) for i in indices])
         labels = self.source.labels[indices].astype(np.int32)
         if self.training:
@@ -1198,6 +1205,30 @@ class ImageDataset(keras.utils.PyDataset):
         if self.data_format == "channels_first":
             images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
         return images, labels
+
+
+def shard_part(length: int, shard: Tuple[int, int]) -> slice:
+    """The ``index``-th of ``count`` contiguous parts of ``length`` rows.
+
+    ``shard`` is ``(index, count)``; parts have ``ceil(length / count)`` rows, the
+    last one fewer when ``length`` does not divide. The parts of ``index`` 0 to
+    ``count - 1`` make the rows, in order: what one process of a data-parallel
+    run feeds of a global batch.
+
+    Args:
+        length: rows in the batch.
+        shard: ``(index, count)``.
+
+    Returns:
+        A slice of the batch's rows.
+
+    Example:
+        >>> [shard_part(7, (i, 2)) for i in range(2)]
+        [slice(0, 4, None), slice(4, 8, None)]
+    """
+    index, count = shard
+    part = -(-length // count)
+    return slice(index * part, (index + 1) * part)
 
 
 # -- load_flowers ----------------------------------------------------------------------

@@ -248,6 +248,19 @@ class DataParallelPlan:
         """
         return self.num_replicas > 1
 
+    @property
+    def data_shard(self) -> Tuple[int, int]:
+        """``(process index, processes)``: this process's part of every batch.
+
+        On JAX each process feeds its contiguous part of each global batch
+        (``jax.make_array_from_process_local_data``); ``tf.distribute`` shards the
+        data itself, so on TensorFlow every process feeds whole batches:
+        ``(0, 1)``.
+        """
+        if self.backend == "jax":
+            return self.process_index, self.num_processes
+        return 0, 1
+
     def per_replica_batch(self, global_batch: int) -> int:
         """Images each replica gets of a global batch of ``global_batch``.
 
@@ -435,7 +448,11 @@ class DataParallelPlan:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and optimizer.built:
             variables += list(optimizer.variables)
-        return all(set(self.variable_devices(v)) == set(self.devices) for v in variables)
+        return not self._not_replicated(variables)
+
+    def _not_replicated(self, variables) -> List[str]:
+        return [v.path for v in variables
+                if set(self.variable_devices(v)) != set(self.devices)]
 
     def check_model(self, model) -> None:
         """Fails with what to do when ``model`` was not built inside :meth:`scope`.
@@ -454,8 +471,7 @@ class DataParallelPlan:
         if (self.num_replicas == 1 and self.backend == "jax") or self.num_processes > 1:
             # Several hosts: each sees only its own replicas; not checked here.
             return
-        stray = [v.path for v in model.weights
-                 if set(self.variable_devices(v)) != set(self.devices)]
+        stray = self._not_replicated(model.weights)
         if stray:
             raise ValueError(
                 f"{len(stray)} variables of model {model.name!r} are not replicated on "

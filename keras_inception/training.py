@@ -640,18 +640,22 @@ class FullBatches(_Wrapper):
     def __init__(self, dataset, **kwargs):
         super().__init__(dataset, **kwargs)
         count = len(dataset)
-        batch = getattr(dataset, "batch_size", None)
-        source = getattr(dataset, "source", None)
-        if batch is not None and source is not None:
-            # Decided on the global batch (an ImageDataset shard yields a part of
-            # it): every process of a data-parallel run drops the same batch.
-            full, last = batch, len(source) - (count - 1) * batch
+        known = _known_batch_sizes(dataset)
+        if known is not None:
+            # Global batches (an ImageDataset shard yields a part of each): every
+            # process of a data-parallel run drops the same batch.
+            full, last = (known[0], known[-1]) if count else (0, 0)
         else:
             full, last = (len(dataset[0][1]), len(dataset[count - 1][1])) if count else (0, 0)
         self._len = count - 1 if count > 1 and last < full else count
+        self._known = None if known is None else known[:self._len]
 
     def __len__(self):
         return self._len
+
+    def batch_sizes(self) -> Optional[List[int]]:
+        """Images in each kept (global) batch, when the wrapped dataset knows them."""
+        return self._known
 
     def __getitem__(self, index):
         return self.dataset[index]
@@ -707,37 +711,42 @@ class EvenBatches(_Wrapper):
         if self.multiple % self.shard[1]:
             raise ValueError(f"multiple ({multiple}) must be a multiple of the shard "
                              f"count ({shard[1]}).")
-        sizes = self._batch_sizes()
-        padded = sum(n + (-n) % self.multiple for n in sizes)
+        sizes = _known_batch_sizes(dataset)
+        if sizes is None:  # read once: padding needs every batch's size
+            sizes = [len(dataset[i][1]) for i in range(len(dataset))]
+        padded = sum(len(_padded_rows(n, self.multiple)) for n in sizes)
         self.weight = padded / max(1, sum(sizes))
 
-    def _batch_sizes(self) -> List[int]:
-        batch = getattr(self.dataset, "batch_size", None)
-        source = getattr(self.dataset, "source", None)
-        if batch is not None and source is not None and getattr(
-                self.dataset, "shard", (0, 1)) == (0, 1):
-            total = len(source)
-            return [min(batch, total - i * batch) for i in range(len(self.dataset))]
-        return [len(self.dataset[i][1]) for i in range(len(self.dataset))]
-
     def __getitem__(self, index):
+        from keras_inception.data import shard_part
+
         x, y = self.dataset[index][:2]
         count = len(y)
-        rows = np.concatenate([np.arange(count),
-                               np.arange((-count) % self.multiple) % count])
+        rows = _padded_rows(count, self.multiple)
         weights = np.where(np.arange(len(rows)) < count, self.weight, 0.0)
-        index, parts = self.shard
-        part = len(rows) // parts
-        mine = slice(index * part, (index + 1) * part)
+        mine = shard_part(len(rows), self.shard)
         return (np.asarray(x)[rows][mine], np.asarray(y)[rows][mine],
                 weights.astype("float32")[mine])
 
 
+def _padded_rows(count: int, multiple: int) -> np.ndarray:
+    """Row indices of a batch of ``count`` padded with copies of its first rows."""
+    return np.arange(count + (-count) % multiple) % count
+
+
+def _known_batch_sizes(dataset) -> Optional[List[int]]:
+    """The (global) batch sizes a dataset states (``batch_sizes()``), else None."""
+    sizes = getattr(dataset, "batch_sizes", None)
+    return None if sizes is None else sizes()
+
+
 def _global_batch(data, batch_size: int) -> int:
-    """Images per training step: ``batch_size`` for arrays, else the first batch's."""
+    """Images per (global) training step: ``batch_size`` for arrays, else the first
+    batch's (as the dataset states it, else read)."""
     if _is_arrays(data):
         return int(batch_size)
-    return len(data[0][1])
+    known = _known_batch_sizes(data)
+    return known[0] if known else len(data[0][1])
 
 
 def _is_arrays(data) -> bool:
@@ -803,7 +812,7 @@ def predict_dataset(model, data, *, batch_size: int = 32, verbose: int = 1,
     for step, (x, y) in enumerate(_batches(data, batch_size), 1):
         count = len(x)
         if count % pad_to:
-            x = np.asarray(x)[np.arange(count + (-count) % pad_to) % count]
+            x = np.asarray(x)[_padded_rows(count, pad_to)]
         out = keras.ops.convert_to_numpy(model.predict_on_batch(x))[:count]
         outputs.append(out.astype("float32"))
         labels.append(np.asarray(y).reshape(-1).astype("int64"))
@@ -1383,24 +1392,19 @@ class Run:
             ValueError: a model built outside the distribution's scope, or a
                 batch that does not split across its devices.
         """
-        if distribution is None:
-            return self._fit(model, train_data, validation_data, class_names=class_names,
-                             data_info=data_info, aux_weight=aux_weight,
-                             compile_kwargs=compile_kwargs, batch_size=batch_size,
-                             seed=seed, verbose=verbose, plots=plots,
-                             save_model=save_model, callbacks=callbacks,
-                             distribution=None)
-        distribution.check_model(model)
-        if distribution.even_batches and (_is_arrays(train_data)
-                                          or _is_arrays(validation_data)):
-            raise ValueError(
-                "Data parallel needs datasets whose batches split evenly across "
-                "the devices, not arrays: wrap them in a keras.utils.PyDataset (e.g. "
-                "keras_inception.training.FullBatches over an ImageDataset).")
-        # With several JAX processes, each feeds its part of every global batch.
-        parts = distribution.num_processes if distribution.backend == "jax" else 1
-        distribution.per_replica_batch(_global_batch(train_data, batch_size) * parts)
-        with distribution.scope():
+        if distribution is not None:
+            distribution.check_model(model)
+            if distribution.even_batches and (_is_arrays(train_data)
+                                              or _is_arrays(validation_data)):
+                raise ValueError(
+                    "Data parallel needs datasets whose batches split evenly across "
+                    "the devices, not arrays: wrap them in a keras.utils.PyDataset "
+                    "(e.g. keras_inception.training.FullBatches over an ImageDataset).")
+            # A stated size is the global batch; a read one is this process's part.
+            parts = 1 if _known_batch_sizes(train_data) else distribution.data_shard[1]
+            distribution.per_replica_batch(_global_batch(train_data, batch_size) * parts)
+        with (distribution.scope() if distribution is not None
+              else contextlib.nullcontext()):
             return self._fit(model, train_data, validation_data, class_names=class_names,
                              data_info=data_info, aux_weight=aux_weight,
                              compile_kwargs=compile_kwargs, batch_size=batch_size,
@@ -1445,8 +1449,7 @@ class Run:
         train = _with_heads(train_data, model)
         val = _with_heads(
             EvenBatches(validation_data, distribution.num_replicas,
-                        shard=(distribution.process_index, distribution.num_processes)
-                        if distribution.backend == "jax" else (0, 1))
+                        shard=distribution.data_shard)
             if even and validation_data is not None else validation_data, model)
         first, done_in_first = self.position(start)
         sync = (distribution.synchronized_batchnorm(model) if distribution is not None
@@ -1748,9 +1751,7 @@ def finetune(*, out_dir, model_name: str = "inception_v3",
              f"data: {flowers.source_name}, {len(names)} classes, {len(train)} training "
              f"and {len(val)} validation images.")
     # Several hosts on JAX: each process feeds its part of every global batch.
-    shard = ((distribution.process_index, distribution.num_processes)
-             if distribution is not None and distribution.backend == "jax"
-             else (0, 1))
+    shard = distribution.data_shard if distribution is not None else (0, 1)
     train_data = FullBatches(D.ImageDataset(
         train, batch_size=batch_size, image_size=image_size, training=True,
         preprocessing=mode, seed=seed, shard=shard, workers=workers))
