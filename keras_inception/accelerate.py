@@ -14,8 +14,11 @@
   as Keras does. Convolutions are then three quarters of the time, and Inception-v3
   runs 3x faster. Layers it does not know run through Keras itself, so any
   functional model works.
-* **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call`` (XLA already fuses
-  BatchNormalization into elementwise passes; its convolutions are 90 % of the time).
+* **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call``. XLA already fuses
+  BatchNormalization into elementwise passes; the speed on a CPU comes from the zoo's
+  convolution layers themselves (:class:`keras_inception.layers.Conv2D`: 1x1 as
+  matrix products, no unpadded convolution, depthwise as shifted slices), which
+  every path of a zoo model uses, training included.
 * **TensorFlow**: ``tf.function`` of the BN-folded model; ``jit_compile`` is off by
   default: XLA's CPU convolutions ran at half the speed of TensorFlow's oneDNN ones.
 
@@ -32,6 +35,8 @@ import math
 
 import keras
 
+from keras_inception import layers as zoo_layers
+from keras_inception.layers import same_padding
 from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
 
 __all__ = ["InferenceFunction", "inference_function", "mixed_precision_model"]
@@ -267,14 +272,6 @@ def _activation_name(fn):
     return name if name in _ELEMENTWISE or name == "softmax" else None
 
 
-def _same_padding(size, kernel, stride, dilation=1):
-    """Keras' "same": (before, after), the odd pixel after (TensorFlow's rule)."""
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
-
-
 class _Op:
     """One translated layer: ``fn(*inputs) -> outputs`` with its input/output slots."""
 
@@ -375,7 +372,8 @@ class _TorchProgram:
                                             L.GaussianNoise, L.GaussianDropout):
             return _Op("identity", layer, inputs, outputs)
         act = _activation_name(getattr(layer, "activation", None))
-        if kind in (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D) and spatial \
+        if kind in (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, zoo_layers.Conv2D,
+                    zoo_layers.SeparableConv2D) and spatial \
                 and act is not None and act != "softmax":
             return self._conv_op(layer, inputs, outputs, act)
         if kind is L.BatchNormalization and spatial and layer.axis in (1, 3, -1):
@@ -500,7 +498,7 @@ class _TorchProgram:
 
             def conv(x):
                 if padding == "same":
-                    pads = [_same_padding(x.shape[2 + i], kernel[i], strides[i],
+                    pads = [same_padding(x.shape[2 + i], kernel[i], strides[i],
                                           dilation[i]) for i in range(2)]
                     if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
                         pad = (pads[0][0], pads[1][0])
@@ -647,7 +645,7 @@ def _torch_pool(torch, mode, size, strides, padding):
         if padding == "valid":
             pads = ((0, 0), (0, 0))
         else:
-            pads = tuple(_same_padding(x.shape[2 + i], size[i], strides[i])
+            pads = tuple(same_padding(x.shape[2 + i], size[i], strides[i])
                          for i in range(2))
         if all(a == b for a, b in pads):
             pad = (pads[0][0], pads[1][0])

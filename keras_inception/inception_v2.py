@@ -77,9 +77,9 @@ _STEM_FILTERS, _STEM_MULTIPLIER = 64, 8
 
 def _stem_conv(x, name="conv2d_1a_7x7"):
     """Separable 7x7/2 conv (depthwise x8, pointwise to 64) + bias + ReLU, no BN."""
-    x = layers.SeparableConv2D(_STEM_FILTERS, 7, strides=2, padding="same",
-                               depth_multiplier=_STEM_MULTIPLIER, use_bias=True,
-                               name=f"{name}_conv")(x)
+    x = L.SeparableConv2D(_STEM_FILTERS, 7, strides=2, padding="same",
+                          depth_multiplier=_STEM_MULTIPLIER, use_bias=True,
+                          name=f"{name}_conv")(x)
     return layers.Activation("relu", name=f"{name}_act")(x)
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from keras_inception import layers as zoo_layers
 from keras_inception.initializers import to_backend
 
 __all__ = ["FusionError", "batchnorm_affine", "fuse_batchnorm"]
@@ -54,6 +55,9 @@ _SCALED_KERNEL = {
     keras.layers.SeparableConv1D: "pointwise_kernel",
     keras.layers.SeparableConv2D: "pointwise_kernel",
     keras.layers.Dense: "kernel",
+    # The zoo's own convolutions: Keras' layers with another lowering on XLA:CPU.
+    zoo_layers.Conv2D: "kernel",
+    zoo_layers.SeparableConv2D: "pointwise_kernel",
 }
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 # The constructor argument that initialises each weight (set to the folded value while

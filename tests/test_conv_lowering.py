@@ -1,0 +1,108 @@
+"""The zoo's Conv2D / SeparableConv2D compute what Keras' layers compute.
+
+On JAX's CPU platform they lower to other XLA ops (1x1 as a matrix product, one
+padded row for unpadded convolutions, depthwise as shifted slices); elsewhere they
+are Keras' layers. Either way: same config, weights, outputs and gradients up to
+float32 rounding, for every kernel size, stride and padding the zoo uses and more.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import keras_inception
+from keras_inception import layers as zoo
+from keras_inception.testing import assert_outputs_close
+
+BACKEND = keras.backend.backend()
+
+# (kernel, strides, padding, input size): 1x1 plain and strided, unpadded k x k
+# (the stem's), odd and even "same" (asymmetric pads), strided valid and same,
+# non-square kernels (v3's 1x7 / 7x1).
+CONV_CASES = [
+    (1, 1, "valid", 9), (1, 2, "same", 9), (1, 2, "valid", 8), (3, 1, "valid", 9),
+    (3, 2, "valid", 9), (3, 1, "same", 8), (3, 2, "same", 9), (5, 1, "same", 7),
+    ((1, 7), 1, "same", 9), ((7, 1), 1, "same", 9), ((3, 3), (2, 1), "valid", 10),
+]
+# (kernel, strides, padding, depth multiplier, input size): Xception's and the
+# Inception-v2 stem's (7x7/2, multiplier 8).
+SEPARABLE_CASES = [
+    (3, 1, "same", 1, 9), (3, 2, "valid", 1, 9), (7, 2, "same", 8, 11), (3, 1, "valid", 2, 6),
+]
+
+
+def _pair(ours, size, channels=5, seed=0):
+    """``ours`` built, Keras' layer of the same config with the same weights, an input."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, size, size, channels)).astype("float32")
+    ours.build(x.shape)
+    ours.set_weights([rng.normal(size=w.shape).astype("float32") for w in ours.weights])
+    keras_class = keras.layers.SeparableConv2D if isinstance(
+        ours, keras.layers.SeparableConv2D) else keras.layers.Conv2D
+    theirs = keras_class.from_config(ours.get_config())
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    return theirs, x
+
+
+@pytest.mark.parametrize("kernel,strides,padding,size", CONV_CASES)
+def test_conv2d_equals_keras(kernel, strides, padding, size):
+    ours = zoo.Conv2D(6, kernel, strides=strides, padding=padding, use_bias=True,
+                      activation="relu")
+    theirs, x = _pair(ours, size)
+    assert_outputs_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("kernel,strides,padding,multiplier,size", SEPARABLE_CASES)
+def test_separable_conv2d_equals_keras(kernel, strides, padding, multiplier, size):
+    ours = zoo.SeparableConv2D(6, kernel, strides=strides, padding=padding,
+                               depth_multiplier=multiplier, use_bias=True)
+    theirs, x = _pair(ours, size, channels=3)
+    assert_outputs_close(ours(x), theirs(x))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
+@pytest.mark.parametrize("layer", [
+    lambda: zoo.Conv2D(4, 1, use_bias=False),
+    lambda: zoo.Conv2D(4, 3, strides=2, padding="valid"),
+    lambda: zoo.Conv2D(4, (1, 7), padding="same"),
+    lambda: zoo.SeparableConv2D(4, 3, padding="same", depth_multiplier=2),
+], ids=["1x1", "3x3-valid-s2", "1x7-same", "separable"])
+def test_gradients_equal_keras(layer):
+    """Training computes the same gradients (inputs and every weight) as Keras' ops."""
+    import jax
+    import jax.numpy as jnp
+
+    ours = layer()
+    theirs, x = _pair(ours, 9)
+    probe = None
+
+    def loss(module, weights, images):
+        nonlocal probe
+        y, _ = module.stateless_call(weights, [], images)
+        if probe is None:
+            probe = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+        return jnp.sum(y * probe)
+
+    weights = [v.value for v in ours.trainable_variables]
+    grads = [jax.grad(lambda w, images: loss(module, w, images), argnums=(0, 1))(
+        weights, jnp.asarray(x)) for module in (ours, theirs)]
+    assert_outputs_close(grads[0], grads[1])
+
+
+def test_zoo_uses_the_lowered_layers_and_they_serialise():
+    """Every convolution of the zoo is one of these two classes (so every family gets
+    the lowering); they save as ``keras_inception>...`` and load back as themselves."""
+    for name in ("googlenet", "inception_v2", "xception"):
+        model = keras_inception.create_model(name, weights=None, input_shape=(75, 75, 3),
+                                             classes=3)
+        convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)
+                 or isinstance(l, keras.layers.SeparableConv2D)]
+        assert convs and all(type(l) in (zoo.Conv2D, zoo.SeparableConv2D)
+                             for l in convs), name
+    for layer in (zoo.Conv2D(2, 3), zoo.SeparableConv2D(2, 3)):
+        config = keras.saving.serialize_keras_object(layer)
+        assert config["registered_name"] == f"keras_inception>{type(layer).__name__}"
+        assert type(keras.saving.deserialize_keras_object(config)) is type(layer)
