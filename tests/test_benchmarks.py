@@ -215,3 +215,23 @@ def test_arguments_are_checked():
     assert (args.models, args.size, args.batch, args.isolate) == (
         ["googlenet"], 32, 2, "backend")
     assert bench.parse_args([]).models == list(bench.DEFAULT_MODELS)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the per-layer table is about JAX's lowering")
+def test_conv_lowering_table(tmp_path):
+    """benchmarks/conv_lowering.py times every distinct convolution both ways and
+    reports outputs equal to Keras' op (its own process: it sets KERAS_BACKEND)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "conv_lowering.py"), "--model",
+         "inception_v2", "--size", "32", "--batch", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    kinds = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ")}
+    # Inception-v2 has 1x1, padded k x k and the separable 7x7/2 stem (multiplier 8).
+    assert {"1x1", "k x k, padded", "separable (depthwise + 1x1)", "all"} <= kinds
+    error = next(line for line in lines if line.startswith("Largest relative"))
+    assert float(error.rsplit(" ", 1)[1]) < 1e-5
