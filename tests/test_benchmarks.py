@@ -8,7 +8,6 @@ run mean nothing, only their bookkeeping is tested.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
