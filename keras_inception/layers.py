@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Sequence, Union
 
 import keras
@@ -263,8 +264,11 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 def _xla_cpu(layer) -> bool:
     """Whether ``layer`` runs the XLA:CPU lowering: JAX on CPU, channels_last, no
-    dilation (evaluated while tracing: a model moved to a GPU runs Keras' op)."""
+    dilation (evaluated while tracing: a model moved to a GPU runs Keras' op), unless
+    the environment sets ``KERAS_INCEPTION_XLA_CPU_LOWERING=0``."""
     if keras.backend.backend() != "jax" or layer.data_format != "channels_last":
+        return False
+    if os.environ.get("KERAS_INCEPTION_XLA_CPU_LOWERING", "1") == "0":
         return False
     if any(d != 1 for d in layer.dilation_rate):
         return False
@@ -346,7 +350,8 @@ class Conv2D(layers.Conv2D):
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU it computes a 1x1 convolution as one matrix product and
     gives an unpadded convolution one zero row (then drops the extra output row),
-    which XLA:CPU runs 2-4x and 3x faster; everywhere else it is Keras' layer.
+    which XLA:CPU runs 2-4x and 3x faster; everywhere else, or with
+    ``KERAS_INCEPTION_XLA_CPU_LOWERING=0`` in the environment, it is Keras' layer.
 
     Example:
         >>> import keras, numpy as np

@@ -106,3 +106,22 @@ def test_zoo_uses_the_lowered_layers_and_they_serialise():
         config = keras.saving.serialize_keras_object(layer)
         assert config["registered_name"] == f"keras_inception>{type(layer).__name__}"
         assert type(keras.saving.deserialize_keras_object(config)) is type(layer)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
+def test_lowering_is_used_on_cpu_and_can_be_turned_off(monkeypatch):
+    """A 1x1 convolution traces to a matrix product; with
+    KERAS_INCEPTION_XLA_CPU_LOWERING=0 to Keras' convolution op."""
+    import jax
+
+    layer = zoo.Conv2D(4, 1, use_bias=False)
+    x = np.zeros((1, 5, 5, 3), "float32")
+    layer.build(x.shape)
+
+    def primitives():
+        text = str(jax.make_jaxpr(lambda images: layer(images))(x))
+        return "conv_general_dilated" in text, "dot_general" in text
+
+    assert primitives() == (False, True)
+    monkeypatch.setenv("KERAS_INCEPTION_XLA_CPU_LOWERING", "0")
+    assert primitives() == (True, False)

@@ -48,5 +48,10 @@ def test_keras_files_load_on_the_other_backends(tmp_path):
         assert proc.returncode == 0, f"loading on {other} failed:\n{proc.stderr[-3000:]}"
         got = np.load(result)
         for name in jobs:
-            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5,
+            # Other kernels, other float32 rounding: the absolute tolerance grows with
+            # the logits' scale (Inception-ResNet-v2's reach 7.5 at its minimum size;
+            # the same model run at batch 1 and 2 already differs by ~1.5e-5).
+            scale = max(1.0, float(np.abs(expected[name]).max()))
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4,
+                                       atol=1e-5 * scale,
                                        err_msg=f"{name}: saved on {BACKEND}, loaded on {other}")
