@@ -95,11 +95,8 @@ def main(argv=None) -> int:
         config = {k: v for k, v in layer.get_config().items() if k != "name"}
         key = (type(layer).__name__, shape, repr(sorted(config.items())))
         if key not in measured:
-            keras_class = (keras.layers.SeparableConv2D
-                           if isinstance(layer, keras.layers.SeparableConv2D)
-                           else keras.layers.Conv2D)
             ours = type(layer).from_config(layer.get_config())
-            theirs = keras_class.from_config(layer.get_config())
+            theirs = zoo.keras_class(layer).from_config(layer.get_config())
             for conv in (ours, theirs):
                 conv.build(shape)
             theirs.set_weights(ours.get_weights())

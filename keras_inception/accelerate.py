@@ -35,8 +35,7 @@ import math
 
 import keras
 
-from keras_inception import layers as zoo_layers
-from keras_inception.layers import same_padding
+from keras_inception.layers import keras_class, same_padding
 from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
 
 __all__ = ["InferenceFunction", "inference_function", "mixed_precision_model"]
@@ -367,13 +366,12 @@ class _TorchProgram:
         L = keras.layers
         rank_in = [self.ranks[s] for s in inputs]
         spatial = all(r == 4 for r in rank_in)
-        kind = type(layer)
+        kind = keras_class(layer)
         if kind is L.InputLayer or kind in (L.Dropout, L.Identity, L.SpatialDropout2D,
                                             L.GaussianNoise, L.GaussianDropout):
             return _Op("identity", layer, inputs, outputs)
         act = _activation_name(getattr(layer, "activation", None))
-        if kind in (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, zoo_layers.Conv2D,
-                    zoo_layers.SeparableConv2D) and spatial \
+        if kind in (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D) and spatial \
                 and act is not None and act != "softmax":
             return self._conv_op(layer, inputs, outputs, act)
         if kind is L.BatchNormalization and spatial and layer.axis in (1, 3, -1):

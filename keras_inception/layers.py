@@ -29,8 +29,8 @@ __all__ = [
     "ConstantPadding2D", "Conv", "Conv2D", "Fork", "Norm", "Pool", "ScaledResidual",
     "SeparableConv2D", "apply_ops", "aux_head", "aux_head_v1", "channel_axis",
     "check_arithmetic", "classifier_head", "conv_bn", "inception_module",
-    "inception_resnet_block", "iter_convs", "map_ops", "module_convs", "pool",
-    "same_padding", "stem_and_modules",
+    "inception_resnet_block", "iter_convs", "keras_class", "map_ops", "module_convs",
+    "pool", "same_padding", "stem_and_modules",
 ]
 
 
@@ -252,14 +252,15 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 
 # ----------------------------------------------------------------- XLA:CPU lowering
-# Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, Inception-v3 shapes at batch 16;
-# benchmarks/README.md): its convolution without any padding runs ~3x slower than the
-# same convolution with one padded row (147 x 147 x 32 -> 32, 3x3: 305 ms vs 93 ms);
-# 1x1 convolutions run 2-4x faster as one matrix product (35 x 35 x 288 -> 64: 10.6 ms
-# vs 2.8 ms); depthwise convolutions (feature_group_count = channels) are so slow that
-# Xception runs at 1.6 images/s, 6x faster as a sum of shifted, scaled slices. So on
-# JAX's CPU platform the zoo's convolutions compute the same sums that way. Other
-# backends and accelerators (cuDNN) run Keras' own op.
+# Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, batch 16) by
+# benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md): its convolution
+# without any padding runs 2.5x slower than the same convolution given one padded row
+# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms); 1x1 convolutions run 2.1x
+# faster as one matrix product; depthwise convolutions (feature_group_count = channels)
+# are so slow that Xception runs at 1.6 images/s, 5.8x faster with the depthwise step
+# as a sum of shifted, scaled slices (benchmarks/bench.py). So on JAX's CPU platform
+# the zoo's convolutions compute the same sums that way. Other backends and
+# accelerators (cuDNN) run Keras' own op.
 
 
 def _xla_cpu(layer) -> bool:
@@ -350,7 +351,7 @@ class Conv2D(layers.Conv2D):
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU it computes a 1x1 convolution as one matrix product and
     gives an unpadded convolution one zero row (then drops the extra output row),
-    which XLA:CPU runs 2-4x and 3x faster; everywhere else, or with
+    which XLA:CPU runs 2.1x and 2.5x faster; everywhere else, or with
     ``KERAS_INCEPTION_XLA_CPU_LOWERING=0`` in the environment, it is Keras' layer.
 
     Example:
@@ -380,21 +381,18 @@ class SeparableConv2D(layers.SeparableConv2D):
 
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU the depthwise step is a sum of shifted slices times the
-    per-channel weights and the pointwise step one matrix product (Xception: 6x
-    faster than XLA:CPU's grouped convolution); everywhere else it is Keras' layer.
+    per-channel weights and the pointwise step one matrix product (Xception: 5.8x
+    faster than with XLA:CPU's grouped convolution); everywhere else it is Keras'
+    layer.
 
     Example:
         >>> import keras, numpy as np
         >>> from keras_inception.layers import SeparableConv2D
-        >>> x = np.random.default_rng(0).random((2, 9, 9, 3), "float32")
-        >>> ours = SeparableConv2D(4, 3, padding="same", depth_multiplier=2)
-        >>> ours.build(x.shape)
-        >>> theirs = keras.layers.SeparableConv2D.from_config(ours.get_config())
-        >>> theirs.build(x.shape)
-        >>> theirs.set_weights(ours.get_weights())
-        >>> y, expected = keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x))
-        >>> bool(np.allclose(y, expected, atol=1e-5))
-        True
+        >>> stem = SeparableConv2D(64, 7, strides=2, padding="same", depth_multiplier=8)
+        >>> tuple(stem(np.zeros((1, 15, 15, 3), "float32")).shape)
+        (1, 8, 8, 64)
+        >>> [w.name for w in stem.weights], type(stem).__name__
+        (['depthwise_kernel', 'pointwise_kernel', 'bias'], 'SeparableConv2D')
     """
 
     def call(self, inputs):
@@ -408,6 +406,35 @@ class SeparableConv2D(layers.SeparableConv2D):
             x = x + tensor(self.bias)
         return x if self.activation is None else self.activation(x)
 
+
+
+# The zoo's layers that compute exactly what a Keras layer computes (another lowering
+# only): graph tools that key on exact Keras types (BatchNorm folding, the torch
+# translator) treat them as that type.
+_KERAS_EQUIVALENT = {Conv2D: layers.Conv2D, SeparableConv2D: layers.SeparableConv2D}
+
+
+def keras_class(layer) -> type:
+    """The Keras layer class whose computation ``layer`` has.
+
+    Its own class, or for the zoo's :class:`Conv2D` / :class:`SeparableConv2D` the
+    Keras layer they lower differently.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        A class.
+
+    Example:
+        >>> import keras
+        >>> from keras_inception.layers import Conv2D, keras_class
+        >>> keras_class(Conv2D(4, 1)) is keras.layers.Conv2D
+        True
+        >>> keras_class(keras.layers.ReLU()) is keras.layers.ReLU
+        True
+    """
+    return _KERAS_EQUIVALENT.get(type(layer), type(layer))
 
 def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
             activation="relu"):

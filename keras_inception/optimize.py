@@ -17,7 +17,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from keras_inception import layers as zoo_layers
+from keras_inception.layers import keras_class
 from keras_inception.initializers import to_backend
 
 __all__ = ["FusionError", "batchnorm_affine", "fuse_batchnorm"]
@@ -44,7 +44,8 @@ class FusionError(ValueError):
 
 
 # The layers a following BatchNormalization folds into, by exact type (a subclass
-# may compute anything), and the weight whose last axis (or last two, for a
+# may compute anything; the zoo's own convolutions count as the Keras layer they
+# lower: layers.keras_class), and the weight whose last axis (or last two, for a
 # depthwise kernel: input channel x multiplier) indexes the output channels.
 _SCALED_KERNEL = {
     keras.layers.Conv1D: "kernel",
@@ -55,9 +56,6 @@ _SCALED_KERNEL = {
     keras.layers.SeparableConv1D: "pointwise_kernel",
     keras.layers.SeparableConv2D: "pointwise_kernel",
     keras.layers.Dense: "kernel",
-    # The zoo's own convolutions: Keras' layers with another lowering on XLA:CPU.
-    zoo_layers.Conv2D: "kernel",
-    zoo_layers.SeparableConv2D: "pointwise_kernel",
 }
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 # The constructor argument that initialises each weight (set to the folded value while
@@ -121,7 +119,7 @@ def _why_not(bn, bn_node, consumers, output_ids, calls):
                 "fixed kernel reproduces)"), None
     (tensor,) = bn_node.input_tensors
     layer = tensor._keras_history.operation
-    if type(layer) not in _SCALED_KERNEL:
+    if keras_class(layer) not in _SCALED_KERNEL:
         return (f"its input comes from {layer.name!r} ({type(layer).__name__}), not "
                 f"a Conv, DepthwiseConv, SeparableConv or Dense layer"), None
     if calls[id(layer)] > 1:
@@ -224,7 +222,7 @@ def _folded_weights(fold: _Fold) -> dict:
     scale, shift = batchnorm_affine(fold.bn)
     weights = {w.name: _numpy(w) for w in layer.weights}
     bias = weights.pop("bias", np.zeros_like(scale))
-    kernel = _SCALED_KERNEL[type(layer)]
+    kernel = _SCALED_KERNEL[keras_class(layer)]
     if isinstance(layer, _DEPTHWISE):  # output channel c * multiplier + m
         weights[kernel] = weights[kernel] * scale.reshape(weights[kernel].shape[-2:])
     else:

@@ -39,9 +39,8 @@ def _pair(ours, size, channels=5, seed=0):
     x = rng.normal(size=(2, size, size, channels)).astype("float32")
     ours.build(x.shape)
     ours.set_weights([rng.normal(size=w.shape).astype("float32") for w in ours.weights])
-    keras_class = keras.layers.SeparableConv2D if isinstance(
-        ours, keras.layers.SeparableConv2D) else keras.layers.Conv2D
-    theirs = keras_class.from_config(ours.get_config())
+    theirs = zoo.keras_class(ours).from_config(ours.get_config())
+    assert type(theirs) is not type(ours)
     theirs.build(x.shape)
     theirs.set_weights(ours.get_weights())
     return theirs, x
