@@ -16,7 +16,7 @@ status=0
 for backend in ${BACKENDS:-tensorflow jax torch}; do
   echo "=== KERAS_BACKEND=$backend"
   start=$SECONDS
-  KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m pytest -q -p no:cacheprovider "$@"
+  KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@"
   code=$?
   echo "=== $backend: exit $code in $((SECONDS - start)) s"
   if [[ $code -eq 5 ]]; then
