@@ -8,6 +8,7 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 import keras_inception
+from keras_inception.initializers import host_initialization
 from keras_inception.testing import (assert_outputs_close, deterministic_weights, predict,
                                      reference_images)
 
@@ -35,8 +36,11 @@ def _save_legacy_weights(model, path):
 def test_weight_compatible_with_keras_applications(name, ka_name, params, size, tmp_path):
     info = keras_inception.get_model_info(name)
     assert info.keras_applications == ka_name
-    reference = getattr(keras.applications, ka_name)(
-        weights=None, input_shape=(size, size, 3), classifier_activation=None)
+    # Their weights are all overwritten next: no random value drawn (on JAX Keras'
+    # per-variable initialisation of InceptionResNetV2 alone takes seconds).
+    with host_initialization(weights_pending=True):
+        reference = getattr(keras.applications, ka_name)(
+            weights=None, input_shape=(size, size, 3), classifier_activation=None)
     deterministic_weights(reference, seed=1)
     ours = info.constructor(input_shape=(size, size, 3), classifier_activation=None)
     assert ours.count_params() == reference.count_params() == params
@@ -60,8 +64,9 @@ def test_weight_compatible_with_keras_applications(name, ka_name, params, size, 
                               weights=str(path))
     assert_outputs_close(predict(loaded, x), expected)
 
-    notop = getattr(keras.applications, ka_name)(
-        weights=None, include_top=False, input_shape=(size, size, 3))
+    with host_initialization(weights_pending=True):
+        notop = getattr(keras.applications, ka_name)(
+            weights=None, include_top=False, input_shape=(size, size, 3))
     for theirs, mine in zip(_weighted(notop), _weighted(reference)):
         theirs.set_weights(mine.get_weights())
     notop_path = tmp_path / f"{name}_notop.h5"
