@@ -257,7 +257,7 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 # without any padding runs 2.5x slower than the same convolution given one padded row
 # (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms); 1x1 convolutions run 2.1x
 # faster as one matrix product; depthwise convolutions (feature_group_count = channels)
-# are so slow that Xception runs at 1.6 images/s, 5.8x faster with the depthwise step
+# are so slow that Xception runs at 1.6 images/s, 5.7x faster with the depthwise step
 # as a sum of shifted, scaled slices (benchmarks/bench.py). So on JAX's CPU platform
 # the zoo's convolutions compute the same sums that way. Other backends and
 # accelerators (cuDNN) run Keras' own op.
@@ -381,7 +381,7 @@ class SeparableConv2D(layers.SeparableConv2D):
 
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU the depthwise step is a sum of shifted slices times the
-    per-channel weights and the pointwise step one matrix product (Xception: 5.8x
+    per-channel weights and the pointwise step one matrix product (Xception: 5.7x
     faster than with XLA:CPU's grouped convolution); everywhere else it is Keras'
     layer.
 
