@@ -110,7 +110,7 @@ def _channel_axis(layer, rank: int) -> int:
 
 def _why_not(bn, bn_node, consumers, output_ids, calls):
     """Why ``bn_node`` cannot be folded (None if it can), and the layer it folds into."""
-    if type(bn) is not keras.layers.BatchNormalization:
+    if keras_class(bn) is not keras.layers.BatchNormalization:
         return f"it is a {type(bn).__name__}, a subclass whose call() may differ", None
     if calls[id(bn)] > 1:
         return "the layer is called more than once (shared)", None

@@ -70,7 +70,7 @@ def sepconv_bn(x, filters, *, name, norm, activation="pre"):
     if activation == "pre":
         x = layers.Activation("relu", name=f"{name}_act")(x)
     x = L.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(axis=L.channel_axis(), scale=norm.scale,
+    x = L.BatchNormalization(axis=L.channel_axis(), scale=norm.scale,
                                   epsilon=norm.epsilon, momentum=norm.momentum,
                                   name=f"{name}_bn")(x)
     if activation == "post":

@@ -1,0 +1,95 @@
+"""The zoo's BatchNormalization computes what Keras' layer computes.
+
+On PyTorch, in training, it runs torch's native batch norm; elsewhere it is Keras'
+layer. Either way: same config, weights, outputs, moving statistics and gradients
+up to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import keras_inception
+from keras_inception import layers as zoo
+from keras_inception.testing import assert_outputs_close
+
+BACKEND = keras.backend.backend()
+
+
+def _pair(shape, **config):
+    """Ours and Keras' layer, same config and random weights, and an input."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, shape).astype("float32")
+    ours = zoo.BatchNormalization(**config)
+    ours.build(x.shape)
+    ours.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in ours.weights])
+    theirs = keras.layers.BatchNormalization.from_config(ours.get_config())
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    return ours, theirs, x
+
+
+def _numpy(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+@pytest.mark.parametrize("config", [
+    dict(), dict(scale=False, epsilon=1e-3, momentum=0.99),
+    dict(center=False, momentum=0.5), dict(axis=1),
+], ids=["default", "no-gamma", "no-beta", "channels-first-axis"])
+def test_training_and_inference_equal_keras(config):
+    """Two training calls (outputs, moving mean and variance), then inference."""
+    ours, theirs, x = _pair((4, 6, 5, 8), **config)
+    for step in range(2):
+        batch = x * (step + 1)
+        assert_outputs_close(_numpy(ours(batch, training=True)),
+                             _numpy(theirs(batch, training=True)))
+        for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):
+            assert_outputs_close(_numpy(a), _numpy(b))
+    assert_outputs_close(_numpy(ours(x, training=False)), _numpy(theirs(x, training=False)))
+    frozen = zoo.BatchNormalization.from_config(ours.get_config())
+    frozen.build(x.shape)
+    frozen.set_weights(ours.get_weights())
+    frozen.trainable = False  # frozen: inference arithmetic even with training=True
+    assert_outputs_close(_numpy(frozen(x, training=True)), _numpy(ours(x, training=False)))
+    assert_outputs_close(_numpy(frozen.moving_mean), _numpy(ours.moving_mean))
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the native kernel is PyTorch's")
+def test_torch_training_runs_the_native_kernel_with_keras_gradients(monkeypatch):
+    import torch
+
+    ours, theirs, x = _pair((4, 6, 5, 8))
+    calls = []
+    native = torch.native_batch_norm
+    monkeypatch.setattr(torch, "native_batch_norm",
+                        lambda *a: calls.append(a[0].shape) or native(*a))
+    probe = torch.as_tensor(np.random.default_rng(1).normal(size=x.shape).astype("float32"))
+    grads = []
+    for layer in (ours, theirs):
+        images = torch.tensor(x, requires_grad=True)
+        loss = (layer(images, training=True) * probe).sum()
+        weights = [v.value for v in layer.trainable_variables]
+        grads.append([g.numpy() for g in torch.autograd.grad(loss, [images, *weights])])
+    assert calls == [(4, 8, 6, 5)]  # ours only, channels moved to axis 1
+    assert_outputs_close(grads[0], grads[1])  # input, gamma, beta
+    # Under mixed_bfloat16 Keras' path (it upcasts to float32 and back).
+    calls.clear()
+    mixed = zoo.BatchNormalization(dtype="mixed_bfloat16")
+    assert mixed(x, training=True).dtype == torch.bfloat16
+    assert not calls
+
+
+def test_zoo_uses_it_and_it_serialises():
+    for name in ("googlenet", "xception"):
+        model = keras_inception.create_model(name, weights=None, input_shape=(75, 75, 3),
+                                             classes=3)
+        bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+        assert bns and all(type(l) is zoo.BatchNormalization for l in bns), name
+        assert all(zoo.keras_class(l) is keras.layers.BatchNormalization for l in bns)
+    config = keras.saving.serialize_keras_object(zoo.BatchNormalization(momentum=0.9))
+    assert config["registered_name"] == "keras_inception>BatchNormalization"
+    restored = keras.saving.deserialize_keras_object(config)
+    assert type(restored) is zoo.BatchNormalization and restored.momentum == 0.9
