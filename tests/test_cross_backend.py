@@ -25,15 +25,20 @@ from conftest import BACKEND
 
 NEXT_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
 
+# keras_inception.load_model: the file's config through Keras' deserialisation, then its
+# weights, without Keras' per-variable initialisation first (on a cold JAX process that
+# compiles a random op per weight shape: this test took 86 s of the TensorFlow pass of
+# a CI run with an empty compilation cache). tests/test_fast_build.py checks that it
+# gives what keras.saving.load_model gives.
 LOADER = r"""
 import json, sys
-import numpy as np, keras
-import keras_inception  # registers ScaledResidual for deserialisation
+import numpy as np
+import keras_inception
 from keras_inception.testing import predict, reference_images
 jobs = json.loads(sys.argv[1])
 out = {}
 for name, (path, size) in jobs.items():
-    out[name] = predict(keras.saving.load_model(path), reference_images(1, size))
+    out[name] = predict(keras_inception.load_model(path), reference_images(1, size))
 np.savez(sys.argv[2], **out)
 """
 
