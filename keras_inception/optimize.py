@@ -45,8 +45,9 @@ class FusionError(ValueError):
 
 # The layers a following BatchNormalization folds into, by exact type (a subclass
 # may compute anything; the zoo's own Conv2D, SeparableConv2D and BatchNormalization
-# count as the Keras layer they compute another way: layers.keras_class), and the weight whose last axis (or last two, for a
-# depthwise kernel: input channel x multiplier) indexes the output channels.
+# count as the Keras layer they compute another way: layers.keras_class), and the
+# weight whose last axis (or last two, for a depthwise kernel: input channel x
+# multiplier) indexes the output channels.
 _SCALED_KERNEL = {
     keras.layers.Conv1D: "kernel",
     keras.layers.Conv2D: "kernel",
