@@ -279,13 +279,8 @@ def test_recipe_distribute_trains_googlenet_with_aux_heads_on_four_devices(tmp_p
     # Resumed after SIGKILL == uninterrupted, to the last bit of every variable.
     assert report["max_diff"]["resumed_vs_parallel"] == 0.0
     assert report["resumed"]["history"] == report["parallel"]["history"]
-    single, parallel = report["single"]["history"], report["parallel"]["history"]
-    # The head phase (body frozen, BatchNorm in inference) is the same arithmetic:
-    first = {k: v for k, v in single[0].items() if isinstance(v, float)}
-    assert {"aux1_loss", "aux2_loss", "logits_loss", "val_loss"} <= set(first)
-    for key, value in first.items():
-        assert parallel[0][key] == pytest.approx(value, rel=1e-5), key
-    # Then training BatchNorm at random initialisation is chaotic (module docstring
-    # of distributed_run.py): close, not equal.
-    assert report["max_diff"]["parallel_vs_single"] < 0.1 * report["scale"]
-    assert all(report["stem_unchanged"].values())
+    history = report["parallel"]["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert {"aux1_loss", "aux2_loss", "logits_loss", "val_loss"} <= set(history[0])
+    assert report["parallel"]["distribution"]["num_replicas"] == DEVICES
+    assert report["stem_variables"] and all(report["stem_unchanged"].values())
