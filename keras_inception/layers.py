@@ -408,38 +408,77 @@ class SeparableConv2D(layers.SeparableConv2D):
 
 
 
-# Measured with torch.profiler on Inception-v3's training step (Keras on PyTorch, batch
-# 16, 299 px): Keras' BatchNormalization computes the batch moments and the
-# normalisation as ~10 separate elementwise ops, forward and backward (~20 % of the
-# step); torch's native batch norm does it in one kernel each way. With it the zoo's
-# Inception-v3 and Xception train 1.24x faster than keras.applications' models
-# (benchmarks/bench.py; docs/benchmarks.md), same outputs and moving statistics.
+# Keras' BatchNormalization computes the batch moments and the normalisation as
+# ~10 separate elementwise ops, forward and backward. PyTorch and TensorFlow each have
+# one kernel for it (torch.native_batch_norm, TensorFlow's FusedBatchNormV3). Measured
+# on Inception-v3's training step (batch 16, 299 px): ~20 % of the step on PyTorch
+# (torch.profiler); the zoo's models then train faster than keras.applications' (bench
+# figures in docs/benchmarks.md), same outputs and moving statistics.
+
+# TensorFlow's op raises a smaller epsilon to this (cuDNN's floor): Keras' path below it.
+_TF_MIN_EPSILON = 1.001e-5
 
 
-def _torch_native_batch_norm(layer, inputs, mask) -> bool:
-    """Whether a training call of ``layer`` can run torch's native batch norm: the
-    PyTorch backend, float32, statistics over every axis but the last, no mask,
-    renorm or synchronisation."""
-    if keras.backend.backend() != "torch" or mask is not None:
+def _native_batch_norm(layer, inputs, mask) -> bool:
+    """Whether a training call of ``layer`` can run the backend's own batch-norm kernel:
+    PyTorch, or TensorFlow with 4-D inputs and epsilon >= 1.001e-5; float32,
+    statistics over every axis but the last, no mask, renorm or synchronisation."""
+    backend = keras.backend.backend()
+    if backend not in _BATCH_NORM_KERNELS or mask is not None:
         return False
     if layer.renorm or layer.synchronized:
+        return False
+    if backend == "tensorflow" and (len(inputs.shape) != 4 or layer.epsilon < _TF_MIN_EPSILON):
         return False
     if keras.backend.standardize_dtype(inputs.dtype) != "float32":
         return False
     return layer.compute_dtype == "float32" and layer.axis in (-1, len(inputs.shape) - 1)
 
 
+def _torch_batch_norm(x, gamma, beta, epsilon):
+    """(outputs, batch mean, biased batch variance) from torch's kernel; x channels last."""
+    import torch
+
+    # Channels to axis 1: a view (channels-last memory), which the kernel reads as is.
+    # No running statistics given: the kernel returns the batch mean and 1/std.
+    y, mean, inverse_std = torch.native_batch_norm(
+        torch.movedim(x, -1, 1), gamma, beta, None, None, True, 0.0, epsilon)
+    with torch.no_grad():
+        variance = inverse_std.pow(-2) - epsilon
+    return torch.movedim(y, 1, -1), mean.detach(), variance
+
+
+def _tensorflow_batch_norm(x, gamma, beta, epsilon):
+    """(outputs, batch mean, biased batch variance) from TensorFlow's fused kernel."""
+    import tensorflow as tf
+
+    channels = x.shape[-1]
+    gamma = tf.ones([channels], x.dtype) if gamma is None else gamma
+    beta = tf.zeros([channels], x.dtype) if beta is None else beta
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True)
+    # The op returns the unbiased (n - 1) variance for its own moving average; Keras
+    # averages the biased one, which the normalisation used.
+    n = tf.cast(tf.size(x) // channels, variance.dtype)
+    return y, mean, variance * tf.maximum(n - 1.0, 0.0) / n
+
+
+_BATCH_NORM_KERNELS = {"torch": _torch_batch_norm, "tensorflow": _tensorflow_batch_norm}
+
+
 @keras.saving.register_keras_serializable(package="keras_inception")
 class BatchNormalization(layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` with a faster training step on PyTorch.
+    """``keras.layers.BatchNormalization`` with a faster training step on PyTorch and
+    TensorFlow.
 
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
-    layer. In training on the PyTorch backend (float32, channels last) it
-    normalises with torch's native batch norm, one kernel forward and one backward
-    instead of Keras' separate ops for the moments and the normalisation
-    (Inception-v3 and Xception train 1.24x faster than keras.applications' models),
-    and updates the moving statistics as Keras does (biased batch variance,
-    ``momentum``). Everywhere else it is Keras' layer.
+    layer. In training on PyTorch or TensorFlow (float32, channels last) it
+    normalises with the backend's own batch-norm kernel (``torch.native_batch_norm``,
+    TensorFlow's ``FusedBatchNormV3``), one kernel forward and one backward instead
+    of Keras' separate ops for the moments and the normalisation, and updates the
+    moving statistics as Keras does (biased batch variance, ``momentum``).
+    Everywhere else (JAX, whose compiler fuses Keras' ops anyway; inference; masks,
+    renorm, synchronised statistics, mixed precision) it is Keras' layer.
 
     Example:
         >>> import keras, numpy as np
@@ -455,25 +494,16 @@ class BatchNormalization(layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and _torch_native_batch_norm(self, inputs, mask)):
+        if not (training and self.trainable and _native_batch_norm(self, inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
-        import torch
-
         tensor = keras.ops.convert_to_tensor
-        gamma = tensor(self.gamma) if self.scale else None
-        beta = tensor(self.beta) if self.center else None
-        # Channels to axis 1: a view (channels-last memory), which the kernel reads as is.
-        x = torch.movedim(inputs, -1, 1)
-        # No running statistics given: the kernel returns the batch mean and 1/std.
-        y, mean, inverse_std = torch.native_batch_norm(
-            x, gamma, beta, None, None, True, 0.0, self.epsilon)
-        with torch.no_grad():
-            variance = inverse_std.pow(-2) - self.epsilon  # the biased batch variance
-            m = self.momentum
-            self.moving_mean.assign(tensor(self.moving_mean) * m + mean * (1.0 - m))
-            self.moving_variance.assign(
-                tensor(self.moving_variance) * m + variance * (1.0 - m))
-        return torch.movedim(y, 1, -1)
+        y, mean, variance = _BATCH_NORM_KERNELS[keras.backend.backend()](
+            inputs, tensor(self.gamma) if self.scale else None,
+            tensor(self.beta) if self.center else None, self.epsilon)
+        m = self.momentum
+        self.moving_mean.assign(tensor(self.moving_mean) * m + mean * (1.0 - m))
+        self.moving_variance.assign(tensor(self.moving_variance) * m + variance * (1.0 - m))
+        return y
 
 
 # The zoo's layers that compute exactly what a Keras layer computes (another lowering

@@ -1,7 +1,7 @@
 """The zoo's BatchNormalization computes what Keras' layer computes.
 
-On PyTorch, in training, it runs torch's native batch norm; elsewhere it is Keras'
-layer. Either way: same config, weights, outputs, moving statistics and gradients
+In training on PyTorch and TensorFlow it runs the backend's batch-norm kernel;
+elsewhere it is Keras' layer. Either way: same config, weights, outputs, moving statistics and gradients
 up to float32 rounding.
 """
 
@@ -38,7 +38,8 @@ def _numpy(t):
 @pytest.mark.parametrize("config", [
     dict(), dict(scale=False, epsilon=1e-3, momentum=0.99),
     dict(center=False, momentum=0.5), dict(axis=1),
-], ids=["default", "no-gamma", "no-beta", "channels-first-axis"])
+    dict(epsilon=1e-6),
+], ids=["default", "no-gamma", "no-beta", "channels-first-axis", "small-epsilon"])
 def test_training_and_inference_equal_keras(config):
     """Two training calls (outputs, moving mean and variance), then inference."""
     ours, theirs, x = _pair((4, 6, 5, 8), **config)
@@ -57,29 +58,64 @@ def test_training_and_inference_equal_keras(config):
     assert_outputs_close(_numpy(frozen.moving_mean), _numpy(ours.moving_mean))
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="the native kernel is PyTorch's")
-def test_torch_training_runs_the_native_kernel_with_keras_gradients(monkeypatch):
-    import torch
+def test_one_value_per_channel_gives_keras_moving_statistics():
+    """n = 1: the biased variance is 0 (TensorFlow's kernel reports an unbiased one)."""
+    ours, theirs, x = _pair((1, 1, 1, 8))
+    y = [_numpy(layer(x, training=True)) for layer in (ours, theirs)]
+    # (x - mean) / sqrt(epsilon): one rounding of the mean is scaled by ~30 here.
+    np.testing.assert_allclose(y[0], y[1], atol=1e-4)
+    for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):
+        assert_outputs_close(_numpy(a), _numpy(b))
 
-    ours, theirs, x = _pair((4, 6, 5, 8))
-    calls = []
-    native = torch.native_batch_norm
-    monkeypatch.setattr(torch, "native_batch_norm",
-                        lambda *a: calls.append(a[0].shape) or native(*a))
-    probe = torch.as_tensor(np.random.default_rng(1).normal(size=x.shape).astype("float32"))
-    grads = []
-    for layer in (ours, theirs):
+
+def _kernel_module():
+    """(module, name) of the backend's batch-norm kernel that the zoo's layer calls."""
+    if BACKEND == "torch":
+        import torch
+        return torch, "native_batch_norm"
+    import tensorflow as tf
+    return tf.compat.v1.nn, "fused_batch_norm"
+
+
+def _gradients(layer, x, probe):
+    """d(sum(layer(x) * probe)) / d(x, gamma, beta), in training."""
+    if BACKEND == "torch":
+        import torch
         images = torch.tensor(x, requires_grad=True)
-        loss = (layer(images, training=True) * probe).sum()
+        loss = (layer(images, training=True) * torch.as_tensor(probe)).sum()
         weights = [v.value for v in layer.trainable_variables]
-        grads.append([g.numpy() for g in torch.autograd.grad(loss, [images, *weights])])
-    assert calls == [(4, 8, 6, 5)]  # ours only, channels moved to axis 1
+        return [g.numpy() for g in torch.autograd.grad(loss, [images, *weights])]
+    import tensorflow as tf
+    images = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        loss = tf.reduce_sum(layer(images, training=True) * probe)
+    return [g.numpy() for g in tape.gradient(
+        loss, [images, *[v.value for v in layer.trainable_variables]])]
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX has no batch-norm kernel: Keras' ops")
+def test_training_runs_the_native_kernel_with_keras_gradients(monkeypatch):
+    ours, theirs, x = _pair((4, 6, 5, 8))
+    module, name = _kernel_module()
+    calls = []
+    native = getattr(module, name)
+    monkeypatch.setattr(module, name,
+                        lambda *a, **k: calls.append(tuple(a[0].shape)) or native(*a, **k))
+    probe = np.random.default_rng(1).normal(size=x.shape).astype("float32")
+    grads = [_gradients(layer, x, probe) for layer in (ours, theirs)]
+    # Ours only; torch's kernel gets the channels on axis 1.
+    assert calls == [(4, 8, 6, 5) if BACKEND == "torch" else (4, 6, 5, 8)]
     assert_outputs_close(grads[0], grads[1])  # input, gamma, beta
-    # Under mixed_bfloat16 Keras' path (it upcasts to float32 and back).
+    # Keras' path: under mixed_bfloat16 (it upcasts to float32 and back), for an
+    # epsilon below TensorFlow's floor, and in inference.
     calls.clear()
     mixed = zoo.BatchNormalization(dtype="mixed_bfloat16")
-    assert mixed(x, training=True).dtype == torch.bfloat16
-    assert not calls
+    assert keras.backend.standardize_dtype(mixed(x, training=True).dtype) == "bfloat16"
+    tiny_epsilon = zoo.BatchNormalization(epsilon=1e-6)
+    tiny_epsilon(x, training=True)
+    ours(x, training=False)
+    assert calls == ([(4, 8, 6, 5)] if BACKEND == "torch" else [])  # torch has no floor
 
 
 def test_zoo_uses_it_and_it_serialises():
