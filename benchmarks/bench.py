@@ -103,11 +103,13 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb() -> float:
-    """This process's RSS high-water mark, in MB (Linux reports kB)."""
+def _peak_rss_mb(*seen: float) -> float:
+    """This process's RSS high-water mark, in MB (Linux reports kB), at least the
+    current RSS and any RSS ``seen`` before: Linux folds its per-thread RSS counters
+    into the high-water mark in batches, so the mark can lag the current RSS."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_mb(), *seen)
 
 
 def _cpu_name() -> str:
@@ -505,7 +507,8 @@ def _row(spec: dict, device: dict) -> dict:
         row.update(available=False, reason=str(why))
     finally:
         keras.config.set_dtype_policy(policy)
-    row["memory"] = {"rss_at_start_mb": rss_before, "rss_peak_mb": _peak_rss_mb(),
+    row["memory"] = {"rss_at_start_mb": rss_before,
+                     "rss_peak_mb": _peak_rss_mb(rss_before),
                      "device_peak_mb": _device_memory_peak_mb(backend, device["kind"]),
                      "isolated": spec["isolated"]}
     if impl == "plain" and row["available"]:  # after the memory peak: a second model
