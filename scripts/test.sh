@@ -29,7 +29,18 @@ fi
 jobs=$JOBS
 (( jobs >= 1 )) || jobs=1
 logs=$(mktemp -d "${TMPDIR:-/tmp}/keras-inception-tests.XXXXXX")
-trap 'rm -rf "$logs"' EXIT
+declare -A pid_of=()
+stop_passes() {  # no pass outlives this script (Ctrl-C, or a CI job killed on timeout)
+  local pid
+  for pid in "${pid_of[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null
+    kill -TERM "$pid" 2>/dev/null
+  done
+  rm -rf "$logs"
+}
+trap stop_passes EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 start_all=$SECONDS
 
 run_pass() {  # backend: one pytest session, its exit code in $logs/<backend>.code
@@ -43,7 +54,6 @@ run_pass() {  # backend: one pytest session, its exit code in $logs/<backend>.co
   echo "$code" > "$logs/$backend.code"
 }
 
-declare -A pid_of=()
 report() {  # backend: print its log once its pass has ended
   cat "$logs/$1.log"
   unset "pid_of[$1]"
