@@ -2,7 +2,7 @@
 # Runs the whole test suite once per Keras backend (the backend is fixed per process).
 # Fails if any run fails or collects no test (pytest exit code 5).
 # Usage: scripts/test.sh [pytest args...]
-#   BACKENDS="jax torch"  the backends to run (default: tensorflow jax torch)
+#   BACKENDS="jax torch"  the backends to run (default: jax tensorflow torch)
 #   JOBS=N                backend passes run at once (default: one per CPU core and per
 #                         8 GiB of available memory, at least 1). One pass keeps 2
 #                         cores only ~55 % busy (compiling, tracing, subprocesses);
@@ -54,31 +54,27 @@ run_pass() {  # backend: one pytest session, its exit code in $logs/<backend>.co
   echo "$code" > "$logs/$backend.code"
 }
 
-report() {  # backend: print its log once its pass has ended
-  cat "$logs/$1.log"
-  unset "pid_of[$1]"
+reap() {  # waits for a pass to end, then prints the log of every pass that has ended
+  local b
+  wait -n
+  for b in "${!pid_of[@]}"; do
+    if ! kill -0 "${pid_of[$b]}" 2>/dev/null; then
+      cat "$logs/$b.log"
+      unset "pid_of[$b]"
+    fi
+  done
 }
 for backend in "${backends[@]}"; do
   if (( jobs == 1 )); then
     run_pass "$backend" "$@"
     continue
   fi
-  while (( ${#pid_of[@]} >= jobs )); do
-    wait -n
-    for b in "${!pid_of[@]}"; do
-      kill -0 "${pid_of[$b]}" 2>/dev/null || report "$b"
-    done
-  done
+  while (( ${#pid_of[@]} >= jobs )); do reap; done
   echo "=== started KERAS_BACKEND=$backend (log printed when it ends)"
   run_pass "$backend" "$@" > "$logs/$backend.log" 2>&1 &
   pid_of[$backend]=$!
 done
-while (( ${#pid_of[@]} > 0 )); do
-  wait -n
-  for b in "${!pid_of[@]}"; do
-    kill -0 "${pid_of[$b]}" 2>/dev/null || report "$b"
-  done
-done
+while (( ${#pid_of[@]} > 0 )); do reap; done
 
 status=0
 for backend in "${backends[@]}"; do
