@@ -569,9 +569,8 @@ def conv_bn(x, filters, kernel_size, *, name, norm, strides=1, padding="same",
         padding = "valid"
     x = Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                name=f"{name}_conv")(x)
-    x = BatchNormalization(axis=channel_axis(), scale=norm.scale,
-                                  epsilon=norm.epsilon, momentum=norm.momentum,
-                                  name=f"{name}_bn")(x)
+    x = BatchNormalization(axis=channel_axis(), scale=norm.scale, epsilon=norm.epsilon,
+                           momentum=norm.momentum, name=f"{name}_bn")(x)
     if activation:
         x = layers.Activation(activation, name=f"{name}_act")(x)
     return x

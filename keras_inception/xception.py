@@ -71,8 +71,8 @@ def sepconv_bn(x, filters, *, name, norm, activation="pre"):
         x = layers.Activation("relu", name=f"{name}_act")(x)
     x = L.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
     x = L.BatchNormalization(axis=L.channel_axis(), scale=norm.scale,
-                                  epsilon=norm.epsilon, momentum=norm.momentum,
-                                  name=f"{name}_bn")(x)
+                             epsilon=norm.epsilon, momentum=norm.momentum,
+                             name=f"{name}_bn")(x)
     if activation == "post":
         x = layers.Activation("relu", name=f"{name}_act")(x)
     return x

@@ -1,8 +1,8 @@
 """The zoo's BatchNormalization computes what Keras' layer computes.
 
 In training on PyTorch and TensorFlow it runs the backend's batch-norm kernel;
-elsewhere it is Keras' layer. Either way: same config, weights, outputs, moving statistics and gradients
-up to float32 rounding.
+elsewhere it is Keras' layer. Either way: same config, weights, outputs, moving
+statistics and gradients up to float32 rounding.
 """
 
 from __future__ import annotations
