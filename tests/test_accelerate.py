@@ -114,6 +114,49 @@ def test_asymmetric_same_average_pooling():
     assert_outputs_close(inference_function(model)(data), expected)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks(googlenet):
+    """Stages run in batch chunks whose largest map fits chunk_bytes; the outputs,
+    GoogLeNet's aux heads made mid-network included, stay those of the model."""
+    x = testing.reference_images(5, 40)
+    expected = testing.predict(googlenet, x)
+    # At 40 px, per image: conv2d_1a's map 20x20x64 floats = 102400 bytes,
+    # conv2d_2c's 10x10x192 = 76800, nothing after the stem more than 48000.
+    fn = inference_function(googlenet, chunk_bytes=5 * 48000)
+    assert fn.chunks == []
+    assert_outputs_close(fn(x), expected)  # the first call measures the maps
+    assert [(first, chunk) for first, _, chunk in fn.chunks] == [("conv2d_1a_7x7_conv", 5)]
+    assert_outputs_close(fn(x), expected)
+    # conv2d_1a: 2 images of 102400 fit; conv2d_2c: 3 of 76800; the rest whole. The
+    # chunks only grow along the network (joining them copies a map): 2, 2, 1 | 3, 2.
+    assert [(first, chunk) for first, _, chunk in fn.chunks] == [
+        ("conv2d_1a_7x7_conv", 2), ("maxpool_2a_3x3", 3), ("maxpool_3a_3x3", 5)]
+    assert [last for _, last, _ in fn.chunks][:2] == ["conv2d_1a_7x7_conv",
+                                                     "conv2d_2c_3x3_conv"]
+    # Another batch size is planned from the maps already measured.
+    assert_outputs_close(fn(x[:3]), testing.predict(googlenet, x[:3]))
+    assert [chunk for *_, chunk in fn.chunks] == [2, 3]
+    whole = inference_function(googlenet, chunk_bytes=None)
+    whole(x), whole(x)
+    assert [chunk for *_, chunk in whole.chunks] == [5]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks_leave_keras_layers_whole():
+    """A layer run through Keras may mix the images of a batch: its stage runs whole."""
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(image)
+    x = keras.layers.UpSampling2D(2, name="up")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c2")(x)
+    model = keras.Model(image, keras.layers.Conv2D(2, 1, name="c3")(x))
+    testing.deterministic_weights(model)
+    data = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 3)).astype("float32")
+    fn = inference_function(model, chunk_bytes=1)
+    fn(data)
+    assert_outputs_close(fn(data), model(data, training=False))
+    assert fn.chunks == [("c1", "c1", 1), ("up", "up", 3), ("c2", "c3", 1)]
+
+
 def test_bfloat16_keeps_clear_top1(googlenet):
     x = testing.reference_images(16, 40, seed=1)
     reference = testing.predict(googlenet, x)
@@ -174,3 +217,10 @@ def test_errors(googlenet):
     if BACKEND != "tensorflow":
         with pytest.raises(ValueError, match="jit_compile is a TensorFlow option"):
             inference_function(googlenet, jit_compile=True)
+    for bad in (0, -1, 1.5, True, "all"):
+        with pytest.raises(ValueError, match="chunk_bytes must be 'auto', None or"):
+            inference_function(googlenet, chunk_bytes=bad)
+    if BACKEND != "torch":
+        with pytest.raises(ValueError, match="chunk_bytes is a PyTorch option"):
+            inference_function(googlenet, chunk_bytes=2**20)
+        assert inference_function(googlenet, chunk_bytes=None).chunks == []
