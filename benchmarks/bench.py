@@ -16,7 +16,8 @@ One command measures, for each chosen family (``--models``) on each chosen backe
 for several *paths* (rows): keras.applications' model of the same architecture,
 our model as built (``plain``), and the fast paths when they are importable
 (``fused``: :func:`keras_inception.optimize.fuse_batchnorm`; ``accelerated``:
-:mod:`keras_inception.accelerate`; ``mixed_bf16``: the model built under Keras'
+:mod:`keras_inception.accelerate`; ``accelerated_whole``: the same without its batch
+chunks, PyTorch only; ``mixed_bf16``: the model built under Keras'
 ``mixed_bfloat16`` policy; ``accelerated_bf16``). A path that cannot run says why
 in the results instead of failing the run.
 
@@ -66,18 +67,20 @@ SCHEMA = "keras-inception-benchmark/1"
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_MODELS = ("inception_v3", "inception_resnet_v2", "xception")
 # Row order in tables: the reference first, then ours from plain to fastest.
-IMPLS = ("keras_applications", "plain", "fused", "accelerated", "mixed_bf16",
-         "accelerated_bf16")
+IMPLS = ("keras_applications", "plain", "fused", "accelerated", "accelerated_whole",
+         "mixed_bf16", "accelerated_bf16")
 LABELS = {
     "keras_applications": "keras.applications",
     "plain": "keras-inception",
     "fused": "+ fuse_batchnorm",
     "accelerated": "+ accelerate",
+    "accelerated_whole": "+ accelerate, whole batches",
     "mixed_bf16": "mixed_bfloat16",
     "accelerated_bf16": "+ accelerate, bf16",
 }
 # Paths that only infer (no training step, no build of their own to compare).
-INFERENCE_ONLY = ("fused", "accelerated", "accelerated_bf16", "mixed_bf16")
+INFERENCE_ONLY = ("fused", "accelerated", "accelerated_whole", "accelerated_bf16",
+                  "mixed_bf16")
 BF16 = ("mixed_bf16", "accelerated_bf16")
 # A training step costs about three forward passes (forward, and the backward pass's
 # two products per layer: gradients of the inputs and of the weights).
@@ -350,8 +353,9 @@ def _load(spec: dict, model, path: str) -> float:
     return time.perf_counter() - start
 
 
-def _accelerate(model, bf16: bool):
-    """The fast inference callable of keras_inception.accelerate, if there is one."""
+def _accelerate(model, bf16: bool, whole: bool = False):
+    """The fast inference callable of keras_inception.accelerate, if there is one;
+    ``whole``: without batch chunks."""
     try:
         from keras_inception import accelerate
     except ImportError as err:
@@ -359,11 +363,16 @@ def _accelerate(model, bf16: bool):
     fn = getattr(accelerate, "inference_function", None)
     if fn is None:
         raise NotAvailable("keras_inception.accelerate has no inference_function")
-    if not bf16:
-        return fn(model)
     import inspect
 
     params = inspect.signature(fn).parameters
+    if whole:
+        if "chunk_bytes" not in params:
+            raise NotAvailable("keras_inception.accelerate.inference_function has no "
+                               "chunk_bytes option")
+        return fn(model, chunk_bytes=None)
+    if not bf16:
+        return fn(model)
     for name, value in (("dtype", "bfloat16"), ("precision", "bfloat16"),
                         ("compute_dtype", "bfloat16"), ("mixed_precision", True),
                         ("bf16", True), ("bfloat16", True)):
@@ -442,6 +451,9 @@ def _row(spec: dict, device: dict) -> dict:
     x_one = x_batch[:1]
     policy = keras.config.dtype_policy().name
     try:
+        if impl == "accelerated_whole" and backend != "torch":
+            raise NotAvailable("only the PyTorch path runs batch chunks: whole batches "
+                               "are its 'accelerated' row")
         if impl == "mixed_bf16":
             keras.config.set_dtype_policy("mixed_bfloat16")
         model, row["build_s"] = _build(spec)
@@ -453,7 +465,7 @@ def _row(spec: dict, device: dict) -> dict:
         predict = model.predict_on_batch
         row["path"] = "model.predict_on_batch"
         row["jit_compile"] = getattr(model, "jit_compile", None)  # as predict uses it
-        if impl in ("fused", "accelerated", "accelerated_bf16", "mixed_bf16"):
+        if impl in INFERENCE_ONLY:
             if impl == "mixed_bf16":
                 keras.config.set_dtype_policy(policy)
                 reference_model, _ = _build(dict(spec, impl="plain"))
@@ -474,7 +486,8 @@ def _row(spec: dict, device: dict) -> dict:
                 row["jit_compile"] = getattr(fast, "jit_compile", None)
                 row["params"] = int(fast.count_params())
             elif impl.startswith("accelerated"):
-                fn = _accelerate(model, bf16=impl == "accelerated_bf16")
+                fn = _accelerate(model, bf16=impl == "accelerated_bf16",
+                                 whole=impl == "accelerated_whole")
                 row["path"] = getattr(fn, "path", None) or repr(fn)
                 row["jit_compile"] = None  # the function compiles its own way
 
