@@ -536,8 +536,9 @@ class _TorchProgram:
             act = p["act"]
             post = _torch_activation(act, inplace=True)
 
-            # oneDNN's blocked weights, per image shape (the blocking and the outputs
-            # do not depend on the batch size: checked).
+            # oneDNN's blocked weights, per input shape: the same outputs for any
+            # batch size, but Xception's batch of 16 ran at 8.3 instead of 13.5
+            # images/s with the weights blocked for one image.
             packed = {}
             fused = self._onednn and act in ("linear", "relu")
             attr = "none" if act == "linear" else "relu"
@@ -557,7 +558,7 @@ class _TorchProgram:
                     return post(F.conv2d(x, weight, bias, strides, pad, dilation, groups))
                 # Prepacked once (F.conv2d reorders the weights on every call) and
                 # the ReLU computed by the convolution itself.
-                key = (tuple(x.shape[1:]), pad)
+                key = (tuple(x.shape), pad)
                 if key not in packed:
                     packed[key] = mkldnn._reorder_convolution_weight(
                         weight, list(pad), list(strides), list(dilation), groups,
