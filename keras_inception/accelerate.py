@@ -13,10 +13,12 @@
   ReLU with weights prepacked once (on CPU), and ``"same"`` padding computed exactly
   as Keras does. Convolutions are then three quarters of the time, and Inception-v3
   runs 3x faster. On a CPU each stage of the network (the stem, each block) runs in
-  batch chunks small enough for a feature map to still be in the caches when the
-  next layer reads it (``chunk_bytes``; the largest maps of the stem are 5.3 MiB per
-  image). Layers it does not know run through Keras itself, so any functional model
-  works.
+  batch chunks whose feature maps take at most ``chunk_bytes`` (12 MiB): glibc's
+  malloc hands larger blocks back to the kernel when they are freed and maps fresh
+  zero-filled pages for the next one, so whole batches of 299 px maps (up to 170 MiB
+  each) page-fault on every call (Xception, batch 16: 415,000 minor faults and 0.79 s
+  of system time per call, against 14,000 and 0.03 s in chunks). Layers it does not
+  know run through Keras itself, so any functional model works.
 * **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call``. XLA already fuses
   BatchNormalization into elementwise passes; the speed on a CPU comes from the zoo's
   convolution layers themselves (:class:`keras_inception.layers.Conv2D`: 1x1 as
@@ -49,9 +51,13 @@ PRECISIONS = ("float32", "bfloat16")
 CPU_CHUNK_BYTES = 12 * 2**20
 """The default ``chunk_bytes`` of :func:`inference_function` on a CPU (PyTorch).
 
-Measured on the 2-core development CPU (2 MiB of L2 cache per core), batch 16,
-against whole batches: Inception-v3 +5 %, Inception-ResNet-v2 +5 %, Xception +11 %
-(6 MiB: about the same; 24 MiB: +0 to +9 %). On another CPU, try a few values."""
+Below glibc's largest mmap threshold (32 MiB), so freed maps are reused from the
+heap. Measured on the 2-core development CPU, batch 16, against whole batches in
+the same process (``benchmarks/batch_chunks.py``): Inception-v3 1.06x,
+Inception-ResNet-v2 1.03x, Xception 1.34x. 6 MiB measured about the same, 24 MiB
+less for Inception-v3. A process started with glibc keeping its freed memory
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``; the benchmarks page) runs
+whole batches as fast, and both faster."""
 
 
 def _float32_layer(layer, output) -> bool:
@@ -190,8 +196,9 @@ def inference_function(model, *, precision: str = "float32", fuse: bool = True,
             slower on CPU; try True on a GPU).
         chunk_bytes: PyTorch only: run each stage of the network (the stem, each
             block) in batch chunks whose largest feature map takes at most this
-            many bytes, so that a map is still in the CPU's caches when the next
-            layer reads it. ``"auto"``: :data:`CPU_CHUNK_BYTES` on a CPU, whole
+            many bytes, so that the memory allocator reuses the maps' memory
+            instead of mapping fresh pages each time (see the module docstring).
+            ``"auto"``: :data:`CPU_CHUNK_BYTES` on a CPU, whole
             batches on a GPU; ``None``: whole batches. The outputs are equal to
             float32 rounding; :attr:`InferenceFunction.chunks` shows the split.
 
@@ -376,9 +383,13 @@ class _TorchProgram:
     def _slot(self, tensor):
         key = id(tensor)
         if key not in self.slots:
-            self.slots[key] = len(self.slots)
-            self.ranks.append(len(tensor.shape))
+            self.slots[key] = self._new_slot(len(tensor.shape))
         return self.slots[key]
+
+    def _new_slot(self, rank):
+        """A value's index in ``values``; ``ranks[index]`` is its rank."""
+        self.ranks.append(rank)
+        return len(self.ranks) - 1
 
     # ---- translation
     def _translate(self, model):
@@ -395,8 +406,7 @@ class _TorchProgram:
                 available.update(id(t) for t in node.outputs)
                 op = self._op(node, inputs, outputs)
                 if isinstance(op, list):  # a separable conv: depthwise then pointwise
-                    slot = len(self.ranks)
-                    self.ranks.append(4)
+                    slot = self._new_slot(4)
                     op[0].outputs, op[1].inputs = [slot], [slot]
                     ops.extend(op)
                 else:

@@ -157,6 +157,26 @@ def test_batch_chunks_leave_keras_layers_whole():
     assert fn.chunks == [("c1", "c1", 1), ("up", "up", 3), ("c2", "c3", 1)]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks_after_a_separable_convolution():
+    """A separable convolution is two ops with a value between them that no Keras
+    tensor names: the stages after it are still cut where one map is live."""
+    image = keras.Input((16, 16, 3))
+    x = keras.layers.SeparableConv2D(8, 3, padding="same", activation="relu",
+                                     name="sep")(image)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    model = keras.Model(image, keras.layers.Conv2D(4, 3, padding="same",
+                                                   activation="relu", name="c")(x))
+    testing.deterministic_weights(model)
+    data = np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 3)).astype("float32")
+    # Per image: the depthwise map 16x16x3 floats = 3072 bytes, sep's 8192, pool's
+    # 2048: sep runs one image at a time, from pool on the batch of 3 fits.
+    fn = inference_function(model, chunk_bytes=3 * 2048)
+    fn(data)
+    assert_outputs_close(fn(data), model(data, training=False))
+    assert fn.chunks == [("sep", "sep", 1), ("pool", "c", 3)]
+
+
 def test_bfloat16_keeps_clear_top1(googlenet):
     x = testing.reference_images(16, 40, seed=1)
     reference = testing.predict(googlenet, x)
