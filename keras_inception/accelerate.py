@@ -16,8 +16,8 @@
   batch chunks whose feature maps take at most ``chunk_bytes`` (12 MiB): glibc's
   malloc hands larger blocks back to the kernel when they are freed and maps fresh
   zero-filled pages for the next one, so whole batches of 299 px maps (up to 170 MiB
-  each) page-fault on every call (Xception, batch 16: 415,000 minor faults and 0.79 s
-  of system time per call, against 14,000 and 0.03 s in chunks). Layers it does not
+  each) page-fault on every call (Xception, batch 16: 473,000 minor faults and 0.90 s
+  of system time per call, against 43,000 and 0.09 s in chunks). Layers it does not
   know run through Keras itself, so any functional model works.
 * **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call``. XLA already fuses
   BatchNormalization into elementwise passes; the speed on a CPU comes from the zoo's
@@ -43,8 +43,7 @@ import keras
 from keras_inception.layers import keras_class, same_padding
 from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
 
-__all__ = ["CPU_CHUNK_BYTES", "InferenceFunction", "inference_function",
-           "mixed_precision_model"]
+__all__ = ["InferenceFunction", "inference_function", "mixed_precision_model"]
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -53,8 +52,8 @@ CPU_CHUNK_BYTES = 12 * 2**20
 
 Below glibc's largest mmap threshold (32 MiB), so freed maps are reused from the
 heap. Measured on the 2-core development CPU, batch 16, against whole batches in
-the same process (``benchmarks/batch_chunks.py``): Inception-v3 1.06x,
-Inception-ResNet-v2 1.03x, Xception 1.34x. 6 MiB measured about the same, 24 MiB
+the same process (``benchmarks/batch_chunks.py``): Inception-v3 1.03x,
+Inception-ResNet-v2 1.04x, Xception 1.41x. 6 MiB measured about the same, 24 MiB
 less for Inception-v3. A process started with glibc keeping its freed memory
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``; the benchmarks page) runs
 whole batches as fast, and both faster."""
