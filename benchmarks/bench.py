@@ -933,7 +933,9 @@ def main(argv=None) -> int:
               "host": {"platform": platform.platform(), "cpu": _cpu_info(),
                        "git": _git(), "env": {k: os.environ[k] for k in (
                            "JAX_COMPILATION_CACHE_DIR", "OMP_NUM_THREADS",
-                           "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
+                           "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES",
+                           "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                           "MALLOC_TOP_PAD_", "LD_PRELOAD")
                            if k in os.environ}},
               "backends": {}, "results": []}
     if loads[0] > args.max_load:
