@@ -369,7 +369,7 @@ class _TorchProgram:
         for i, op in enumerate(ops):
             for s in op.inputs:
                 last_use[s] = i
-        keep = set(self.output_slots)
+        keep = self._keep = set(self.output_slots)
         self.frees = [[s for s in set(op.inputs) if last_use[s] == i and s not in keep]
                       for i, op in enumerate(ops)]
         if chunk_bytes == "auto":
@@ -702,7 +702,10 @@ class _TorchProgram:
         for (start, stop, inputs, outputs, _), k in zip(self.segments, parts):
             chunk = -(-batch // max(k, 1))
             if runs and runs[-1][4] == chunk:
-                runs[-1] = (runs[-1][0], stop, runs[-1][2], outputs, chunk)
+                # One run: what it hands on is the last segment's outputs and every
+                # model output (a feature tap) its earlier segments made.
+                made = [s for s in runs[-1][3] if s in self._keep and s not in outputs]
+                runs[-1] = (runs[-1][0], stop, runs[-1][2], made + outputs, chunk)
             else:
                 runs.append((start, stop, inputs, outputs, chunk))
         return runs
@@ -750,6 +753,9 @@ class _TorchProgram:
             self._run(values, start, stop)
             for piece, s in zip(pieces, outputs):
                 piece.append(values[s])
+        for s, x in zip(inputs, whole):
+            if values[s] is not None:  # still needed (a model output): the whole batch
+                values[s] = x
         del whole
         for piece, s in zip(pieces, outputs):
             values[s] = self.torch.cat(piece) if len(piece) > 1 else piece[0]

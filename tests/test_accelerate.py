@@ -177,6 +177,31 @@ def test_batch_chunks_after_a_separable_convolution():
     assert fn.chunks == [("sep", "sep", 1), ("pool", "c", 3)]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks_keep_a_model_output_that_later_stages_read():
+    """A feature tap (a model output that the next stage reads) comes back whole when
+    that stage runs in chunks of another size, and when its own stage is merged
+    with the next into one run of chunks."""
+    image = keras.Input((16, 16, 3))
+    tap = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(image)
+    x = keras.layers.MaxPooling2D(2, name="pool")(tap)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    model = keras.Model(image, [tap, x])
+    testing.deterministic_weights(model)
+    data = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
+    # Per image: c1's map 16x16x8 floats = 8192 bytes (one image at a time), pool's
+    # 2048 and c2's 4096 (two at a time).
+    expected = model(data, training=False)
+    fn = inference_function(model, chunk_bytes=8192)
+    fn(data)
+    assert_outputs_close(fn(data), expected)
+    assert fn.chunks == [("c1", "c1", 1), ("pool", "c2", 2)]
+    fn = inference_function(model, chunk_bytes=4096)  # c2 one image at a time too
+    fn(data)
+    assert_outputs_close(fn(data), expected)
+    assert fn.chunks == [("c1", "c2", 1)]
+
+
 def test_bfloat16_keeps_clear_top1(googlenet):
     x = testing.reference_images(16, 40, seed=1)
     reference = testing.predict(googlenet, x)
