@@ -202,6 +202,18 @@ def test_batch_chunks_keep_a_model_output_that_later_stages_read():
     assert fn.chunks == [("c1", "c2", 1)]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks_of_a_zoo_feature_extractor():
+    """Xception's four taps (two inside the stages, separable convolutions) in chunks
+    of one image: the maps of the whole batch, as the model computes them."""
+    extractor = keras_inception.feature_extractor(testing.main_head("xception"))
+    x = testing.reference_images(3, testing.ODD_SIZE)
+    fn = inference_function(extractor, chunk_bytes=1)
+    fn(x)
+    assert_outputs_close(fn(x), testing.predict(extractor, x))
+    assert [chunk for *_, chunk in fn.chunks] == [1]
+
+
 def test_bfloat16_keeps_clear_top1(googlenet):
     x = testing.reference_images(16, 40, seed=1)
     reference = testing.predict(googlenet, x)
