@@ -53,10 +53,11 @@ CPU_CHUNK_BYTES = 12 * 2**20
 Below glibc's largest mmap threshold (32 MiB), so freed maps are reused from the
 heap. Measured on the 2-core development CPU, batch 16, against whole batches in
 the same process (``benchmarks/batch_chunks.py``): Inception-v3 1.03x,
-Inception-ResNet-v2 1.04x, Xception 1.41x. 6 MiB measured about the same, 24 MiB
-less for Inception-v3. A process started with glibc keeping its freed memory
-(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``; the benchmarks page) runs
-whole batches as fast, and both faster."""
+Inception-ResNet-v2 1.04x, Xception 1.41x. Other budgets, one-off, same process:
+Inception-v3 at 6 MiB about the same as at 12, at 24 MiB no faster than whole. A
+process started with glibc keeping its freed memory (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``; the benchmarks page) runs whole batches as fast, and
+both faster."""
 
 
 def _float32_layer(layer, output) -> bool:
@@ -375,8 +376,8 @@ class _TorchProgram:
         if chunk_bytes == "auto":
             chunk_bytes = CPU_CHUNK_BYTES if self.device.type == "cpu" else None
         self.chunk_bytes = chunk_bytes
-        self.segments = self._segments(ops)
-        self._plans = {}  # input shapes -> [(start op, stop op, chunk)]
+        self.segments = self._segments(ops, last_use)
+        self._plans = {}  # input shapes -> _plan's runs
         self._sizes = {}  # input shapes without the batch -> bytes per image, per op
 
     def _slot(self, tensor):
@@ -655,17 +656,14 @@ class _TorchProgram:
         return x.contiguous(memory_format=torch.channels_last)
 
     # ---- batch chunks
-    def _segments(self, ops):
+    def _segments(self, ops, last):
         """Cuts the ops where one feature map is all that later ops read (after the
         stem, between blocks): ``[(start, stop, inputs, outputs, per_sample)]``.
 
         A segment's outputs are what later ops read and the model outputs it makes;
-        ``per_sample``: every op treats the images of the batch independently."""
-        last = {}  # the last op that reads each slot
-        for i, op in enumerate(ops):
-            for s in op.inputs:
-                last[s] = i
-        model_outputs = set(self.output_slots)
+        ``per_sample``: every op treats the images of the batch independently;
+        ``last``: the index of the last op that reads each slot."""
+        model_outputs = self._keep
         read_later = {s for s in self.input_slots if s in last}
         made = [s for s in self.input_slots if s in model_outputs]
         segments, start, inputs = [], 0, list(self.input_slots)
