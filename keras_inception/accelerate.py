@@ -168,7 +168,8 @@ class InferenceFunction:
     def chunks(self):
         """How the last call split its batch (PyTorch): ``[(first layer, last layer,
         images per chunk)]`` for each run of stages, in order; ``[]`` before the
-        first call and on the backends that run whole batches. The first call at
+        first call and on the backends that run whole batches. A model of a fixed
+        input size is planned from its layers' shapes; otherwise the first call at
         an image size runs the whole batch and measures the feature maps."""
         return list(getattr(self._fn, "last_chunks", []))
 
@@ -346,6 +347,7 @@ class _TorchProgram:
         self.channels_last = keras.config.image_data_format() == "channels_last"
         self.slots = {}
         self.ranks = []
+        self.shapes = []  # Keras' static shape of each value, None where it varies
         self.input_slots = [self._slot(t) for t in model.inputs]
         ops = self._translate(model)
         consumers = {}
@@ -379,16 +381,27 @@ class _TorchProgram:
         self.segments = self._segments(ops, last_use)
         self._plans = {}  # input shapes -> _plan's runs
         self._sizes = {}  # input shapes without the batch -> bytes per image, per op
+        # A model of a fixed input size: the sizes from Keras' shapes, so that even
+        # the first call runs in chunks (otherwise it runs whole and measures them).
+        static = [self._torch_shape(self.shapes[s])[1:] for s in self.input_slots]
+        if all(None not in shape for shape in static):
+            itemsize = torch.tensor([], dtype=dtype).element_size()
+            self._sizes[tuple(static)] = [
+                max(math.prod(self.shapes[s][1:]) * (itemsize if self.ranks[s] == 4
+                                                     else 4) for s in op.outputs)
+                for op in ops]
 
     def _slot(self, tensor):
         key = id(tensor)
         if key not in self.slots:
-            self.slots[key] = self._new_slot(len(tensor.shape))
+            self.slots[key] = self._new_slot(tuple(tensor.shape))
         return self.slots[key]
 
-    def _new_slot(self, rank):
-        """A value's index in ``values``; ``ranks[index]`` is its rank."""
-        self.ranks.append(rank)
+    def _new_slot(self, shape):
+        """A value's index in ``values``; ``ranks[index]`` and ``shapes[index]`` are
+        its rank and Keras' static shape."""
+        self.ranks.append(len(shape))
+        self.shapes.append(shape)
         return len(self.ranks) - 1
 
     # ---- translation
@@ -406,7 +419,10 @@ class _TorchProgram:
                 available.update(id(t) for t in node.outputs)
                 op = self._op(node, inputs, outputs)
                 if isinstance(op, list):  # a separable conv: depthwise then pointwise
-                    slot = self._new_slot(4)
+                    # The depthwise map: the output's size, cin x multiplier channels.
+                    shape = list(node.outputs[0].shape)
+                    shape[-1 if self.channels_last else 1] = op[0].params["weight"].shape[0]
+                    slot = self._new_slot(tuple(shape))
                     op[0].outputs, op[1].inputs = [slot], [slot]
                     ops.extend(op)
                 else:
@@ -643,6 +659,12 @@ class _TorchProgram:
 
         step.multiple_outputs = len(op.outputs) > 1
         return step
+
+    def _torch_shape(self, shape):
+        """A Keras shape in the layout of the torch values (NCHW for images)."""
+        if len(shape) == 4 and self.channels_last:
+            return (shape[0], shape[3], shape[1], shape[2])
+        return tuple(shape)
 
     def _to_keras(self, x):
         return x.permute(0, 2, 3, 1) if x.ndim == 4 and self.channels_last else x

@@ -142,6 +142,22 @@ def test_batch_chunks(googlenet):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
+def test_batch_chunks_of_a_fixed_size_model_from_its_first_call(googlenet):
+    """A model of a fixed input size is planned from Keras' shapes: its first call
+    already runs in chunks, the very plan that measuring the maps gives."""
+    x = testing.reference_images(5, 40)
+    fixed = keras.models.clone_model(googlenet, input_tensors=keras.Input((40, 40, 3)),
+                                     clone_function=lambda layer: layer)  # same weights
+    measured = inference_function(googlenet, chunk_bytes=5 * 48000)
+    measured(x)
+    planned = inference_function(fixed, chunk_bytes=5 * 48000)
+    assert planned._fn._sizes == measured._fn._sizes  # every op's map, in bytes
+    assert_outputs_close(planned(x), testing.predict(googlenet, x))
+    measured(x)
+    assert planned.chunks == measured.chunks and len(planned.chunks) == 3
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch translator's batch chunks")
 def test_batch_chunks_leave_keras_layers_whole():
     """A layer run through Keras may mix the images of a batch: its stage runs whole."""
     image = keras.Input((8, 8, 3))
