@@ -60,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCHEMA = "keras-inception-benchmark/1"
@@ -87,7 +87,15 @@ BF16 = ("mixed_bf16", "accelerated_bf16")
 TRAIN_FLOPS_FACTOR = 3
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 DOCS_ASSETS = ROOT / "docs" / "assets" / "benchmarks"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# The docs page holds one published block per device (results folder name).
+BLOCK = re.compile(r"<!-- bench:begin (\S+) -->\n(.*?)<!-- bench:end \1 -->", re.S)
+
+
+def markers(slug: str) -> Tuple[str, str]:
+    """The comments that enclose a device's published table on the docs page."""
+    return f"<!-- bench:begin {slug} -->", f"<!-- bench:end {slug} -->"
+
+
 # What --threads sets in the children: OpenMP (PyTorch, oneDNN), MKL, TensorFlow's pools.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                     "TF_NUM_INTEROP_THREADS")
@@ -126,21 +134,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_info() -> dict:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count()
-    flags = set()
+def _cpu_flags() -> set:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return set()
+
+
+def _cpu_info() -> dict:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count()
+    flags = _cpu_flags()
     isa = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"})
+    # Virtual machines report one model name ("Intel(R) Xeon(R) Processor") for CPUs
+    # with and without AMX, whose bfloat16 speeds differ 10x: their results apart.
+    amx = " amx" if "amx_bf16" in flags else ""
     return {"model": _cpu_name(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-            "isa": isa, "slug": _slug(f"cpu {_cpu_name()} {usable} cores"),
+            "isa": isa, "slug": _slug(f"cpu {_cpu_name()} {usable} cores{amx}"),
             "description": f"{_cpu_name()}, {usable} cores"
                            + (f" ({', '.join(isa)})" if isa else "")}
 
@@ -839,15 +853,18 @@ def publish(report: dict, out: pathlib.Path, table: str) -> List[str]:
     image = DOCS_ASSETS / f"{slug}.png"
     shutil.copyfile(out / "results.png", image)
     text = DOCS_PAGE.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOCS_PAGE} has no {BEGIN} ... {END} block to update.")
+    begin, end = markers(slug)
+    if begin not in text or end not in text:
+        raise SystemExit(f"{DOCS_PAGE} has no block for this device: put the lines "
+                         f"{begin} and {end} where its table should go, then run "
+                         f"--publish again.")
     rel = os.path.relpath(out, ROOT)
-    block = (f"{BEGIN}\n<!-- written by benchmarks/bench.py --publish from {rel}/; "
+    block = (f"{begin}\n<!-- written by benchmarks/bench.py --publish from {rel}/; "
              f"do not edit by hand -->\n\n{table}\n"
              f"![Images/s per path, model and backend](assets/benchmarks/{slug}.png)\n\n"
-             f"Raw numbers: `{rel}/results.json`.\n{END}")
-    head, rest = text.split(BEGIN, 1)
-    text = head + block + rest.split(END, 1)[1]
+             f"Raw numbers: `{rel}/results.json`.\n{end}")
+    head, rest = text.split(begin, 1)
+    text = head + block + rest.split(end, 1)[1]
     DOCS_PAGE.write_text(text)
     return [str(image), str(DOCS_PAGE)]
 

@@ -176,15 +176,22 @@ def test_ratios_against_keras_applications():
 def test_publish_updates_the_marked_block(quick, tmp_path, monkeypatch):
     report, out = quick
     page = tmp_path / "benchmarks.md"
-    page.write_text(f"# Benchmarks\n\nMethod.\n\n{bench.BEGIN}\nold table\n{bench.END}\n"
-                    f"\nAfter.\n")
+    begin, end = bench.markers(out.name)
+    other_begin, other_end = bench.markers("another-device")
+    original = (f"# Benchmarks\n\nMethod.\n\n{begin}\nold table\n{end}\n\nBetween.\n\n"
+                f"{other_begin}\nits table\n{other_end}\n\nAfter.\n")
+    page.write_text(original.replace(begin, "<!-- bench:begin elsewhere -->"))
     monkeypatch.setattr(bench, "DOCS_PAGE", page)
     monkeypatch.setattr(bench, "DOCS_ASSETS", tmp_path / "assets" / "benchmarks")
     table = (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match=f"put the lines {begin} and {end}"):
+        bench.publish(report, out, table)  # no block for this device yet
+    page.write_text(original)
     bench.publish(report, out, table)
     text = page.read_text()
     assert "old table" not in text and table in text
-    assert text.startswith("# Benchmarks\n\nMethod.") and text.endswith("\nAfter.\n")
+    assert text.startswith("# Benchmarks\n\nMethod.") and text.endswith(
+        f"\n\nBetween.\n\n{other_begin}\nits table\n{other_end}\n\nAfter.\n")
     assert (tmp_path / "assets" / "benchmarks" / f"{out.name}.png").read_bytes() == \
         (out / "results.png").read_bytes()
     bench.publish(report, out, table)  # idempotent
@@ -192,17 +199,31 @@ def test_publish_updates_the_marked_block(quick, tmp_path, monkeypatch):
 
 
 def test_docs_page_shows_committed_results():
-    """docs/benchmarks.md holds a published block whose chart and JSON exist."""
+    """docs/benchmarks.md holds published blocks whose charts and JSON exist."""
     text = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert bench.BEGIN in text and bench.END in text
-    block = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
-    images = [line.split("](", 1)[1].rstrip(")") for line in block.splitlines()
-              if line.startswith("![")]
-    assert images and all((ROOT / "docs" / image).is_file() for image in images)
-    raw = block.split("Raw numbers: `", 1)[1].split("`", 1)[0]
-    committed = json.loads((ROOT / raw).read_text())
-    assert committed["schema"] == bench.SCHEMA
-    assert bench.markdown(committed) in block  # the table is the JSON's
+    blocks = bench.BLOCK.findall(text)
+    assert blocks and text.count("<!-- bench:begin") == len(blocks)
+    for slug, block in blocks:
+        assert f"from benchmarks/results/{slug}/;" in block
+        images = [line.split("](", 1)[1].rstrip(")") for line in block.splitlines()
+                  if line.startswith("![")]
+        assert images and all((ROOT / "docs" / image).is_file() for image in images)
+        raw = block.split("Raw numbers: `", 1)[1].split("`", 1)[0]
+        committed = json.loads((ROOT / raw).read_text())
+        assert committed["schema"] == bench.SCHEMA
+        assert bench.markdown(committed) in block  # the table is the JSON's
+
+
+def test_cpus_with_and_without_amx_have_their_own_results(monkeypatch):
+    monkeypatch.setattr(bench, "_cpu_name", lambda: "Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(bench, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    plain = bench._cpu_info()
+    monkeypatch.setattr(bench, "_cpu_flags",
+                        lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    amx = bench._cpu_info()
+    assert amx["slug"] == plain["slug"] + "-amx"
+    assert amx["isa"] == ["amx_bf16", "avx512_bf16", "avx512f"]
+    assert plain["slug"].startswith("cpu-intel-xeon-processor-")
 
 
 def test_arguments_are_checked():
