@@ -445,7 +445,34 @@ def _torch_batch_norm(x, gamma, beta, epsilon):
         torch.movedim(x, -1, 1), gamma, beta, None, None, True, 0.0, epsilon)
     with torch.no_grad():
         variance = inverse_std.pow(-2) - epsilon
+    if y.ndim == 4:
+        y = _channels_last_gradient()(y)
     return torch.movedim(y, 1, -1), mean.detach(), variance
+
+
+@functools.lru_cache(maxsize=None)
+def _channels_last_gradient():
+    """An identity whose gradient comes back in channels-last memory.
+
+    The backward kernel of a channels-last batch norm takes a generic path when the
+    gradient is NCHW-contiguous, which is what Keras' pooling hands back on PyTorch:
+    267 ms instead of 19 ms on a 16x128x74x74 map. Xception (a batch norm before
+    each of its max pools) trains 1.3x faster with the gradient made channels-last
+    (one-off, batch 16, same process: 1.65-1.72 -> 2.17-2.24 images/s); a gradient
+    already in that memory passes unchanged (Inception-v3 and -ResNet-v2 run the
+    same ops as before)."""
+    import torch
+
+    class ChannelsLastGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, y):
+            return y.view_as(y)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.contiguous(memory_format=torch.channels_last)
+
+    return ChannelsLastGradient.apply
 
 
 def _tensorflow_batch_norm(x, gamma, beta, epsilon):

@@ -118,6 +118,37 @@ def test_training_runs_the_native_kernel_with_keras_gradients(monkeypatch):
     assert calls == ([(4, 8, 6, 5)] if BACKEND == "torch" else [])  # torch has no floor
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's memory formats")
+def test_torch_backward_kernel_gets_a_channels_last_gradient():
+    """An NCHW-contiguous gradient (what Keras' pooling hands back on PyTorch) reaches
+    torch's backward kernel in channels-last memory, the kernel's fast path, with
+    Keras' gradients."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ours, theirs, x = _pair((4, 6, 5, 8))
+    layouts = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.native_batch_norm_backward.default:
+                layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            return func(*args, **(kwargs or {}))
+
+    grads = []
+    for layer in (ours, theirs):
+        inputs = torch.tensor(x, requires_grad=True)
+        y = layer(inputs, training=True)
+        # The gradient of y comes back as an NHWC view of NCHW-contiguous memory.
+        nchw = y.permute(0, 3, 1, 2).contiguous()
+        probe = torch.arange(nchw.numel(), dtype=torch.float32).reshape(nchw.shape)
+        with Record():
+            (nchw * probe.sin()).sum().backward()
+        grads.append([inputs.grad] + [w.value.grad for w in layer.trainable_weights])
+    assert layouts == [True]  # ours: the native kernel, channels-last gradient
+    assert_outputs_close([_numpy(g) for g in grads[0]], [_numpy(g) for g in grads[1]])
+
+
 def test_zoo_uses_it_and_it_serialises():
     for name in ("googlenet", "xception"):
         model = keras_inception.create_model(name, weights=None, input_shape=(75, 75, 3),
