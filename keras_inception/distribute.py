@@ -93,6 +93,17 @@ def _torch_unsupported() -> DistributionUnsupported:
     return DistributionUnsupported(_TORCH_MESSAGE.format(version=keras.version()))
 
 
+_CPU_COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+_CPU_COLLECTIVE_TIMEOUT_S = 600
+
+
+def _add_xla_flag(flag: str, value) -> None:
+    """Appends ``flag=value`` to ``XLA_FLAGS`` unless the user set that flag."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if not any(f.split("=", 1)[0] == flag for f in flags.split()):
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}={value}".strip()
+
+
 def simulate_cpu_devices(count: int) -> List[str]:
     """Splits the CPU into ``count`` devices, to rehearse data-parallel runs.
 
@@ -101,7 +112,10 @@ def simulate_cpu_devices(count: int) -> List[str]:
     ``count`` logical CPU devices. Either must happen before the backend first
     uses a device: call this at the start of the program (the recipes do it for
     ``--cpu-devices``). The devices share the same cores, so this is for testing
-    and rehearsal, not for speed.
+    and rehearsal, not for speed. On JAX it also gives XLA:CPU's collectives 600 s
+    instead of 40 before it ends a process whose devices do not all arrive (they
+    are threads on shared cores), unless ``XLA_FLAGS`` sets
+    ``--xla_cpu_collective_call_terminate_timeout_seconds`` itself.
 
     Args:
         count: devices wanted, at least 1.
@@ -129,6 +143,11 @@ def simulate_cpu_devices(count: int) -> List[str]:
     if backend == "jax":
         import jax
 
+        # The simulated devices are threads on the same cores: on a busy machine one
+        # can reach a collective (the gradients' all-reduce) long after the others,
+        # and XLA:CPU ends the process after 40 s of waiting (seen with 4 devices on
+        # 2 cores beside another test process). Read when JAX starts its backend.
+        _add_xla_flag(_CPU_COLLECTIVE_TIMEOUT_FLAG, _CPU_COLLECTIVE_TIMEOUT_S)
         # Already initialised with this count (XLA_FLAGS, or an earlier call): fine.
         try:
             jax.config.update("jax_num_cpu_devices", count)

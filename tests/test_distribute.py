@@ -200,6 +200,26 @@ def test_one_device_plan_and_a_late_device_split():
 
 # -------------------------------------------- several devices, fresh processes
 
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA:CPU's collectives")
+def test_simulated_jax_devices_give_collectives_time():
+    """Simulated devices share cores: XLA:CPU waits 600 s, not 40, for all of them to
+    reach a collective before it ends the process; a value the user set stays. JAX
+    parses the flags when its backend starts: an unknown flag would abort there."""
+    flag = "--xla_cpu_collective_call_terminate_timeout_seconds"
+    code = ("import os, jax; from keras_inception import distribute; "
+            "distribute.simulate_cpu_devices(2); print(len(jax.devices())); "
+            "print(os.environ['XLA_FLAGS'])")
+    for preset, wanted in [("", f"{flag}=600"), (f"{flag}=5", f"{flag}=5")]:
+        env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=preset,
+                   TF_CPP_MIN_LOG_LEVEL="2")
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        devices, flags = run.stdout.strip().splitlines()[-2:]
+        assert devices == "2" and flags.split().count(wanted) == 1
+        assert flags.count(flag) == 1
+
+
 def _driver(work, data, mode, *args):
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
     if BACKEND == "jax":
