@@ -349,7 +349,6 @@ class _TorchProgram:
         self.device = variables[0].value.device if variables else torch.device("cpu")
         self.channels_last = keras.config.image_data_format() == "channels_last"
         self.slots = {}
-        self.ranks = []
         self.shapes = []  # Keras' static shape of each value, None where it varies
         self.input_slots = [self._slot(t) for t in model.inputs]
         ops = self._translate(model)
@@ -388,10 +387,10 @@ class _TorchProgram:
         # the first call runs in chunks (otherwise it runs whole and measures them).
         static = [self._torch_shape(self.shapes[s])[1:] for s in self.input_slots]
         if all(None not in shape for shape in static):
-            itemsize = torch.tensor([], dtype=dtype).element_size()
             self._sizes[tuple(static)] = [
-                max(math.prod(self.shapes[s][1:]) * (itemsize if self.ranks[s] == 4
-                                                     else 4) for s in op.outputs)
+                max(math.prod(self.shapes[s][1:]) * (dtype.itemsize
+                                                     if len(self.shapes[s]) == 4 else 4)
+                    for s in op.outputs)
                 for op in ops]
 
     def _slot(self, tensor):
@@ -401,11 +400,9 @@ class _TorchProgram:
         return self.slots[key]
 
     def _new_slot(self, shape):
-        """A value's index in ``values``; ``ranks[index]`` and ``shapes[index]`` are
-        its rank and Keras' static shape."""
-        self.ranks.append(len(shape))
+        """A value's index in ``values``; ``shapes[index]`` is Keras' static shape."""
         self.shapes.append(shape)
-        return len(self.ranks) - 1
+        return len(self.shapes) - 1
 
     # ---- translation
     def _translate(self, model):
@@ -439,7 +436,7 @@ class _TorchProgram:
     def _op(self, node, inputs, outputs):
         layer = node.operation
         L = keras.layers
-        rank_in = [self.ranks[s] for s in inputs]
+        rank_in = [len(self.shapes[s]) for s in inputs]
         spatial = all(r == 4 for r in rank_in)
         kind = keras_class(layer)
         if kind is L.InputLayer or kind in (L.Dropout, L.Identity, L.SpatialDropout2D,
@@ -552,7 +549,7 @@ class _TorchProgram:
         p = op.params
         dtype = self.dtype
         mkldnn = torch.ops.mkldnn
-        out_rank = self.ranks[op.outputs[0]]
+        out_rank = len(self.shapes[op.outputs[0]])
         # Mixed precision: feature maps in ``dtype``, the head (rank < 4) in float32.
         head = out_rank != 4
         if op.kind == "identity":
@@ -697,7 +694,7 @@ class _TorchProgram:
             read_later.difference_update(s for s in op.inputs if last[s] == i)
             made += [s for s in op.outputs if s in model_outputs]
             if i + 1 == len(ops) or (len(read_later) == 1
-                                     and self.ranks[next(iter(read_later))] == 4):
+                                     and len(self.shapes[next(iter(read_later))]) == 4):
                 outputs = sorted(read_later) + [s for s in dict.fromkeys(made)
                                                 if s not in read_later]
                 per_sample = all(o.kind != "keras" for o in ops[start:i + 1])
@@ -737,7 +734,7 @@ class _TorchProgram:
     def __call__(self, *inputs):
         torch = self.torch
         with torch.inference_mode():
-            values = [None] * len(self.ranks)
+            values = [None] * len(self.shapes)
             for s, x in zip(self.input_slots, inputs):
                 x = torch.as_tensor(x, device=self.device)
                 if x.ndim == 4:
