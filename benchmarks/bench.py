@@ -538,6 +538,7 @@ def _row(spec: dict, device: dict) -> dict:
                      "rss_peak_mb": _peak_rss_mb(rss_before),
                      "device_peak_mb": _device_memory_peak_mb(backend, device["kind"]),
                      "isolated": spec["isolated"]}
+    row["malloc_keeps_freed_memory"] = _malloc_keeps_freed_memory()
     if impl == "plain" and row["available"]:  # after the memory peak: a second model
         row["build_keras_init_s"] = _build_with_keras_init(spec)
     row["loadavg_end"] = list(os.getloadavg())
@@ -704,6 +705,15 @@ def _fmt(value, kind: str = "num") -> str:
     return f"{value:.3g}" if value >= 1 else f"{value:.2g}"
 
 
+def _malloc_keeps_freed_memory() -> bool:
+    """Whether this process has had glibc keep its freed memory (``inference_function``
+    sets it on PyTorch and JAX on a CPU): in a shared process, for every later row."""
+    from keras_inception import accelerate
+
+    called = accelerate.keep_freed_memory.cache_info().currsize > 0
+    return called and accelerate.keep_freed_memory()
+
+
 def markdown(report: dict) -> str:
     """The results as Markdown: a header of facts, the table, GEMMs, what was not run."""
     s = report["settings"]
@@ -751,6 +761,12 @@ def markdown(report: dict) -> str:
             f" | {_fmt(r.get('infer_vs_plain'), 'x')} | {_fmt(r.get('roofline_fraction'), 'pct')}"
             f" | {_fmt(_ips(row, 'train'))} | {_fmt(r.get('train_vs_keras_applications'), 'x')}"
             f" | {_fmt(peak, 'num')} |")
+    kept = {f"{r['backend']} / {r['label']}" for r in report["results"]
+            if r.get("available") and r.get("malloc_keeps_freed_memory")}
+    if kept:
+        lines += ["", "glibc kept the process's freed memory "
+                      "(`keras_inception.accelerate.keep_freed_memory`) in these rows: "
+                      + ", ".join(sorted(kept)) + "."]
     builds = [r for r in report["results"] if r.get("available") and r["impl"] == "plain"]
     if builds:
         lines += ["", "Construction with random initialisation (seconds; keras-inception "

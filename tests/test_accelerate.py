@@ -6,6 +6,11 @@ every clear top-1 and stay within bfloat16 rounding of the float32 logits.
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -14,7 +19,7 @@ import keras_inception
 from keras_inception import testing
 from keras_inception.testing import assert_outputs_close
 from keras_inception.accelerate import (InferenceFunction, inference_function,
-                                        mixed_precision_model)
+                                        keep_freed_memory, mixed_precision_model)
 from keras_inception.layers import Norm, aux_head
 
 BACKEND = keras.backend.backend()
@@ -293,7 +298,78 @@ def test_errors(googlenet):
     for bad in (0, -1, 1.5, True, "all"):
         with pytest.raises(ValueError, match="chunk_bytes must be 'auto', None or"):
             inference_function(googlenet, chunk_bytes=bad)
+    for bad in (None, 1, "yes"):
+        with pytest.raises(ValueError, match="keep_memory must be True or False"):
+            inference_function(googlenet, keep_memory=bad)
     if BACKEND != "torch":
         with pytest.raises(ValueError, match="chunk_bytes is a PyTorch option"):
             inference_function(googlenet, chunk_bytes=2**20)
         assert inference_function(googlenet, chunk_bytes=None).chunks == []
+
+
+# A 64 MiB block from malloc, written, freed: above glibc's largest adaptive mmap
+# threshold (32 MiB) it goes back to the kernel and the next one page-faults in
+# again, unless malloc keeps freed memory. (ctypes, not NumPy: NumPy asks for huge
+# pages.) In a fresh process: this one may have set it already.
+_FAULTS = """
+import ctypes, resource
+from keras_inception.accelerate import keep_freed_memory
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def faults(size=2**26):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+default = faults()
+kept = keep_freed_memory()
+faults()  # the heap grows once
+print(default, kept, faults(), keep_freed_memory())
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc, the same on every backend: run once")
+def test_keep_freed_memory_stops_page_faults():
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    run = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    default, kept, after, again = run.stdout.split()
+    pages = 2**26 // 4096
+    assert int(default) > pages // 2, "glibc should map the block afresh by default"
+    assert kept == again == "True"
+    assert int(after) < pages // 100
+
+
+def test_inference_function_keeps_freed_memory_on_a_cpu(googlenet):
+    """PyTorch and JAX on a CPU (TensorFlow's allocator keeps its memory); the path
+    says so, and ``keep_memory=False`` leaves the allocator alone."""
+    on_cpu = BACKEND in ("torch", "jax") and _default_device_is_cpu()
+    glibc = platform.libc_ver()[0] == "glibc"
+    fn = inference_function(googlenet)
+    assert ("malloc keeps freed memory" in fn.path) == (on_cpu and glibc)
+    if on_cpu and glibc:
+        assert keep_freed_memory() is True
+    off = inference_function(googlenet, keep_memory=False)
+    assert "malloc" not in off.path
+    x = testing.reference_images(2, 40)
+    assert_outputs_close(off(x), fn(x))
+
+
+def _default_device_is_cpu():
+    if BACKEND == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if BACKEND == "torch":
+        import torch
+
+        return not torch.cuda.is_available()
+    return True

@@ -255,3 +255,28 @@ def test_conv_lowering_table(tmp_path):
     assert {"1x1", "k x k, padded", "separable (depthwise + 1x1)", "all"} <= kinds
     error = next(line for line in lines if line.startswith("Largest relative"))
     assert float(error.rsplit(" ", 1)[1]) < 1e-5
+
+
+def test_rows_say_whether_malloc_kept_freed_memory(quick):
+    """inference_function makes glibc keep freed memory on PyTorch and JAX on a CPU:
+    its rows, and in a shared process every later row, say so in the JSON and the
+    table."""
+    import platform
+
+    report, out = quick
+    keeps = (BACKEND in ("torch", "jax") and platform.libc_ver()[0] == "glibc"
+             and report["backends"][BACKEND]["device"]["kind"] == "cpu")
+    rows = _rows(report, available=True)
+    for row in rows:
+        assert isinstance(row["malloc_keeps_freed_memory"], bool)
+        if row["impl"].startswith("accelerated"):
+            assert row["malloc_keeps_freed_memory"] == keeps
+            assert ("malloc keeps freed memory" in row["path"]) == keeps
+    first = next((i for i, r in enumerate(rows) if r["malloc_keeps_freed_memory"]), None)
+    if first is not None:  # once set it stays, in a shared process (--quick)
+        assert all(r["malloc_keeps_freed_memory"] for r in rows[first:])
+    table = (out / "results.md").read_text()
+    kept = [f"{r['backend']} / {r['label']}" for r in rows if r["malloc_keeps_freed_memory"]]
+    assert ("glibc kept the process's freed memory" in table) == bool(kept)
+    for label in kept:
+        assert label in table.split("glibc kept the process's freed memory")[1]
