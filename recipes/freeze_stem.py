@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 import keras_inception
-from keras_inception import cli, data, export, pretrained, training, transfer
+from keras_inception import accelerate, cli, data, export, pretrained, training, transfer
 
 
 def _parser():
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001 - a bad size or weight file
         return _fail(cli.one_line(err))
     used = weights if is_pretrained else None
+    accelerate.keep_freed_memory()  # a training process: see its docstring
     frozen_names = transfer.freeze_up_to(model, args.up_to)
     frozen = [model.get_layer(name) for name in frozen_names]
     print(f"Froze {len(frozen)} layers through the end of stage '{args.up_to}' "

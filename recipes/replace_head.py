@@ -30,7 +30,7 @@ import sys
 import keras
 
 import keras_inception
-from keras_inception import cli, data, export, training, transfer
+from keras_inception import accelerate, cli, data, export, training, transfer
 from keras_inception.features import infer_info
 from keras_inception.manifest import body_layer_names
 
@@ -160,6 +160,7 @@ def main(argv=None) -> int:
             return _fail(f"the model takes any input size {new.input_shape}; rebuild "
                          f"it with a fixed size to train it here.")
         mode = keras_inception.preprocessing_for(new)
+        accelerate.keep_freed_memory()  # a training process: see its docstring
         keras.utils.set_random_seed(args.seed)
         train = data.ImageDataset(flowers.train, batch_size=args.batch_size,
                                   image_size=size, training=True, preprocessing=mode,

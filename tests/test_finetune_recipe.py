@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from keras_inception import data, training
+from keras_inception import accelerate, data, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One epoch per phase; 4 images per class: 3 to train, 1 to validate.
@@ -154,12 +155,14 @@ def test_aux_losses_are_logged_and_the_main_head_saved(tmp_path, capsys):
     out = tmp_path / "run"
     # The head phase alone (it trains the auxiliary heads too): the two-phase path
     # is the same code as finetune_flowers'.
-    rc = recipe("train_with_aux_losses").main([*TINY, *EAGER, "--weights", "none",
-                                               "--data-dir", folder, "--aux-weight",
-                                               "0.5", "--epochs-finetune", "0",
-                                               "--out-dir", str(out)])
+    with mock.patch.object(accelerate, "keep_freed_memory",
+                           wraps=accelerate.keep_freed_memory) as keep:
+        rc = recipe("train_with_aux_losses").main([
+            *TINY, *EAGER, "--weights", "none", "--data-dir", folder, "--aux-weight",
+            "0.5", "--epochs-finetune", "0", "--out-dir", str(out)])
     stdout, stderr = capsys.readouterr()
     assert rc == 0, stderr
+    keep.assert_called_once_with()  # a training process keeps its freed memory
     # Keras' per-epoch log lines (verbose 2) show both auxiliary losses.
     assert any("aux1_loss" in line and "aux2_loss" in line and "logits_accuracy" in line
                for line in stdout.splitlines())

@@ -14,6 +14,7 @@ import json
 import math
 import pathlib
 import re
+from unittest import mock
 
 import keras
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image
 
 import keras_inception
-from keras_inception import data, preprocessing
+from keras_inception import accelerate, data, preprocessing
 from keras_inception.manifest import load_manifest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -149,11 +150,14 @@ def googlenet_weights(tmp_path_factory):
 def test_freeze_stem(googlenet_weights, tmp_path, capsys):
     original, weights = googlenet_weights
     out_dir = tmp_path / "out"
-    code, out, err = run("freeze_stem", [
-        "--model", "googlenet", "--weights", weights, "--size", 32,
-        "--synthetic-per-class", 2, "--batch-size", 8, "--epochs", 1,
-        "--out-dir", out_dir, *FIT_FAST], capsys)
+    with mock.patch.object(accelerate, "keep_freed_memory",
+                           wraps=accelerate.keep_freed_memory) as keep:
+        code, out, err = run("freeze_stem", [
+            "--model", "googlenet", "--weights", weights, "--size", 32,
+            "--synthetic-per-class", 2, "--batch-size", 8, "--epochs", 1,
+            "--out-dir", out_dir, *FIT_FAST], capsys)
     assert code == 0, err
+    keep.assert_called_once_with()  # a training process keeps its freed memory
     # No --data-dir and no tf_flowers offline: the generated dataset, said in one line.
     fallback = [line for line in out.splitlines() if "synthetic-flowers" in line]
     assert fallback and "tf_flowers could not be loaded" in fallback[0]
@@ -192,12 +196,15 @@ def test_freeze_stem(googlenet_weights, tmp_path, capsys):
 
 def test_replace_head_and_train_it(two_classes, tmp_path, capsys):
     out_dir = tmp_path / "out"
-    code, out, err = run("replace_head", [
-        "--model", "googlenet", "--size", 32, "--classes", 2, "--pooling", "max",
-        "--dropout", 0.3, "--activation", "linear", "--epochs", 1,
-        "--data-dir", two_classes, "--batch-size", 4,
-        "--out-dir", out_dir, *FIT_FAST], capsys)
+    with mock.patch.object(accelerate, "keep_freed_memory",
+                           wraps=accelerate.keep_freed_memory) as keep:
+        code, out, err = run("replace_head", [
+            "--model", "googlenet", "--size", 32, "--classes", 2, "--pooling", "max",
+            "--dropout", 0.3, "--activation", "linear", "--epochs", 1,
+            "--data-dir", two_classes, "--batch-size", 4,
+            "--out-dir", out_dir, *FIT_FAST], capsys)
     assert code == 0, err
+    keep.assert_called_once_with()  # a training process keeps its freed memory
     assert len(fallback_lines(out)) == 1
     model = keras.saving.load_model(out_dir / "model.keras")
     features = model.get_layer("predictions").kernel.shape[0]
