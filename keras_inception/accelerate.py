@@ -23,7 +23,7 @@
 * **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call``. XLA already fuses
   BatchNormalization into elementwise passes; the speed on a CPU comes from the zoo's
   convolution layers themselves (:class:`keras_inception.layers.Conv2D`: 1x1 as
-  matrix products, no unpadded convolution, depthwise as shifted slices), which
+  matrix products, an extra zero row for k x k ones, depthwise as shifted slices), which
   every path of a zoo model uses, training included.
 * **TensorFlow**: ``tf.function`` of the BN-folded model; ``jit_compile`` is off by
   default: XLA's CPU convolutions ran at half the speed of TensorFlow's oneDNN ones.

@@ -254,8 +254,9 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 # ----------------------------------------------------------------- XLA:CPU lowering
 # Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, batch 16) by
 # benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md): its convolution
-# without any padding runs 2.5x slower than the same convolution given one padded row
-# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms); 1x1 convolutions run 2.1x
+# runs faster given one more zero row after the data, 2.5x without other padding
+# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms), 1.4x over the 47 "same"
+# padded ones (forward pass only: see _row_padded_conv); 1x1 convolutions run 2.1x
 # faster as one matrix product; depthwise convolutions (feature_group_count = channels)
 # are so slow that Xception runs at 1.6 images/s, 5.7x faster with the depthwise step
 # as a sum of shifted, scaled slices (benchmarks/bench.py). So on JAX's CPU platform
@@ -288,22 +289,64 @@ def _explicit_padding(shape, kernel, strides, padding):
 def _conv_lowering(x, kernel, strides, padding):
     """An NHWC convolution (HWIO kernel), as XLA:CPU computes it fastest."""
     import jax.numpy as jnp
-    from jax import lax
 
     kh, kw, cin, cout = kernel.shape
     (sh, sw), pads = strides, _explicit_padding(x.shape, (kh, kw), strides, padding)
     if (kh, kw) == (1, 1):  # "same" pads nothing for a 1x1 kernel either
         x = x[:, ::sh, ::sw] if (sh, sw) != (1, 1) else x
         return jnp.dot(x, kernel[0, 0])
-    rows = (x.shape[1] + sum(pads[0]) - kh) // sh + 1
-    cols = (x.shape[2] + sum(pads[1]) - kw) // sw + 1
-    if pads == ((0, 0), (0, 0)):
-        # A zero row after the data, and the extra output row dropped: the same sums
-        # as the unpadded op (each kept output reads only real pixels), 3x faster.
-        pads = ((0, 1), (0, 0))
-    y = lax.conv_general_dilated(x, kernel, (sh, sw), pads,
+    return _row_padded_conv()(x, kernel, (sh, sw), pads)
+
+
+def _xla_conv(x, kernel, strides, pads, extra_row):
+    """``lax.conv_general_dilated`` (NHWC, HWIO) with explicit ``pads``; with
+    ``extra_row``, one zero row more after the data and the extra output row
+    dropped: the same sums (each kept output reads the rows it read before)."""
+    from jax import lax
+
+    kh, kw = kernel.shape[:2]
+    rows = (x.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
+    cols = (x.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
+    if extra_row:
+        pads = ((pads[0][0], pads[0][1] + 1), pads[1])
+    y = lax.conv_general_dilated(x, kernel, strides, pads,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y[:, :rows, :cols]
+
+
+@functools.lru_cache(maxsize=None)
+def _row_padded_conv():
+    """A k x k convolution computed with one extra zero row (``_xla_conv``), whose
+    derivatives are those of the convolution as given, except that an unpadded one
+    keeps the extra row.
+
+    XLA:CPU runs a convolution 1.1-2.5x faster with the extra row, whatever its
+    padding (benchmarks/conv_lowering.py), but the gradients of a padded one with
+    it took Inception-v3's training step from 2.5 to 0.23 images/s; those of an
+    unpadded one are fast. So the forward pass takes the row, and the derivatives
+    (a linear map, which JAX transposes for the backward pass) take it only where
+    they are fast."""
+    import jax
+    import jax.numpy as jnp
+    from jax.custom_derivatives import SymbolicZero
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+    def conv(x, kernel, strides, pads):
+        return _xla_conv(x, kernel, strides, pads, extra_row=True)
+
+    @functools.partial(conv.defjvp, symbolic_zeros=True)
+    def conv_jvp(strides, pads, primals, tangents):
+        (x, kernel), (dx, dkernel) = primals, tangents
+        y = conv(x, kernel, strides, pads)
+        extra_row = pads == ((0, 0), (0, 0))
+        dy = jnp.zeros_like(y)
+        if not isinstance(dx, SymbolicZero):
+            dy = _xla_conv(dx, kernel, strides, pads, extra_row)
+        if not isinstance(dkernel, SymbolicZero):
+            dy = dy + _xla_conv(x, dkernel, strides, pads, extra_row)
+        return y, dy
+
+    return conv
 
 
 def _depthwise_lowering(x, kernel, strides, padding):
@@ -350,8 +393,8 @@ class Conv2D(layers.Conv2D):
 
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU it computes a 1x1 convolution as one matrix product and
-    gives an unpadded convolution one zero row (then drops the extra output row),
-    which XLA:CPU runs 2.1x and 2.5x faster; everywhere else, or with
+    gives a k x k one an extra zero row (then drops the extra output row), which
+    XLA:CPU runs 2.1x and 1.4-2.5x faster; everywhere else, or with
     ``KERAS_INCEPTION_XLA_CPU_LOWERING=0`` in the environment, it is Keras' layer.
 
     Example:

@@ -1,7 +1,7 @@
 """The zoo's Conv2D / SeparableConv2D compute what Keras' layers compute.
 
 On JAX's CPU platform they lower to other XLA ops (1x1 as a matrix product, one
-padded row for unpadded convolutions, depthwise as shifted slices); elsewhere they
+extra zero row for k x k convolutions, depthwise as shifted slices); elsewhere they
 are Keras' layers. Either way: same config, weights, outputs and gradients up to
 float32 rounding, for every kernel size, stride and padding the zoo uses and more.
 """
@@ -67,8 +67,10 @@ def test_separable_conv2d_equals_keras(kernel, strides, padding, multiplier, siz
     lambda: zoo.Conv2D(4, 1, use_bias=False),
     lambda: zoo.Conv2D(4, 3, strides=2, padding="valid"),
     lambda: zoo.Conv2D(4, (1, 7), padding="same"),
+    lambda: zoo.Conv2D(4, 3, padding="same"),
+    lambda: zoo.Conv2D(4, 3, strides=2, padding="same"),
     lambda: zoo.SeparableConv2D(4, 3, padding="same", depth_multiplier=2),
-], ids=["1x1", "3x3-valid-s2", "1x7-same", "separable"])
+], ids=["1x1", "3x3-valid-s2", "1x7-same", "3x3-same", "3x3-same-s2", "separable"])
 def test_gradients_equal_keras(layer):
     """Training computes the same gradients (inputs and every weight) as Keras' ops."""
     import jax
@@ -89,6 +91,40 @@ def test_gradients_equal_keras(layer):
     grads = [jax.grad(lambda w, images: loss(module, w, images), argnums=(0, 1))(
         weights, jnp.asarray(x)) for module in (ours, theirs)]
     assert_outputs_close(grads[0], grads[1])
+
+
+def _conv_paddings(jaxpr):
+    """The ``padding`` of every convolution in a jaxpr, sub-jaxprs included."""
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(tuple(map(tuple, eqn.params["padding"])))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, ClosedJaxpr):
+                    found += _conv_paddings(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    found += _conv_paddings(sub)
+    return found
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
+def test_extra_row_in_the_forward_pass_only():
+    """A padded convolution runs with one more zero row (XLA:CPU's fast path); its
+    derivatives, which the backward pass transposes, keep the padding as given
+    (with the extra row they made a training step 10x slower). Forward-mode
+    derivatives equal Keras' too."""
+    import jax
+
+    ours = zoo.Conv2D(4, 3, padding="same")
+    theirs, x = _pair(ours, 8)
+    assert _conv_paddings(jax.make_jaxpr(ours)(x).jaxpr) == [((1, 2), (1, 1))]
+    _, linear = jax.linearize(ours, x)
+    assert _conv_paddings(jax.make_jaxpr(linear)(x).jaxpr) == [((1, 1), (1, 1))]
+    tangent = np.random.default_rng(2).normal(size=x.shape).astype("float32")
+    assert_outputs_close(jax.jvp(ours, (x,), (tangent,)), jax.jvp(theirs, (x,), (tangent,)))
 
 
 def test_zoo_uses_the_lowered_layers_and_they_serialise():
