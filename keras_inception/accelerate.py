@@ -45,7 +45,7 @@ import math
 
 import keras
 
-from keras_inception.layers import keras_class, same_padding
+from keras_inception.layers import _jax_on_cpu, keras_class, same_padding
 from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
 
 __all__ = ["InferenceFunction", "inference_function", "keep_freed_memory",
@@ -115,6 +115,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # A list, not a generator: every setting is made even if one is refused.
     return all([mallopt(param, value) == 1 for param, value in _KEEP_SETTINGS])
 
 
@@ -340,11 +341,7 @@ def _on_cpu(backend, fn) -> bool:
     """Whether a PyTorch or JAX inference function runs on the CPU."""
     if backend == "torch":
         return fn.device.type == "cpu"
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    return False
+    return backend == "jax" and _jax_on_cpu()
 
 
 def _fuse(model):

@@ -255,7 +255,7 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 # Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, batch 16) by
 # benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md): its convolution
 # runs faster given one more zero row after the data, 2.5x without other padding
-# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms), 1.4x over the 47 "same"
+# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms), 1.33x over the 47 "same"
 # padded ones (forward pass only: see _row_padded_conv); 1x1 convolutions run 2.1x
 # faster as one matrix product; depthwise convolutions (feature_group_count = channels)
 # are so slow that Xception runs at 1.6 images/s, 5.7x faster with the depthwise step
@@ -274,6 +274,11 @@ def _xla_cpu(layer) -> bool:
         return False
     if any(d != 1 for d in layer.dilation_rate):
         return False
+    return _jax_on_cpu()
+
+
+def _jax_on_cpu() -> bool:
+    """Whether JAX computes on its CPU platform (evaluated when called)."""
     import jax
 
     return jax.default_backend() == "cpu"
@@ -340,12 +345,12 @@ def _row_padded_conv():
         (x, kernel), (dx, dkernel) = primals, tangents
         y = conv(x, kernel, strides, pads)
         extra_row = pads == ((0, 0), (0, 0))
-        dy = jnp.zeros_like(y)
+        terms = []
         if not isinstance(dx, SymbolicZero):
-            dy = _xla_conv(dx, kernel, strides, pads, extra_row)
+            terms.append(_xla_conv(dx, kernel, strides, pads, extra_row))
         if not isinstance(dkernel, SymbolicZero):
-            dy = dy + _xla_conv(x, dkernel, strides, pads, extra_row)
-        return y, dy
+            terms.append(_xla_conv(x, dkernel, strides, pads, extra_row))
+        return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
 
     return conv
 
