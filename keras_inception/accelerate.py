@@ -32,7 +32,7 @@
 the last feature map (global pooling, dense layers, softmax) in float32, like a model
 built under Keras' ``mixed_bfloat16`` policy (see :func:`mixed_precision_model`). It
 pays off where bfloat16 matrix units exist (GPUs, CPUs with AMX): Inception-v3 at
-batch 16 on a 2-core CPU with AMX ran 4.1-4.5x faster than in float32 on TensorFlow
+batch 16 on a 2-core CPU with AMX ran 3.9-4.5x faster than in float32 on TensorFlow
 and on PyTorch. On a CPU with AVX512-BF16 alone, oneDNN's bfloat16 kernels are no
 faster than its float32 ones, and JAX's XLA:CPU has no AMX kernels (no faster in
 bfloat16 on either CPU).
