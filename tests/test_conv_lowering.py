@@ -93,6 +93,38 @@ def test_gradients_equal_keras(layer):
     assert_outputs_close(grads[0], grads[1])
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
+@pytest.mark.parametrize("layer", [
+    lambda: zoo.Conv2D(4, 3, padding="same"),
+    lambda: zoo.Conv2D(4, 3, strides=2, padding="valid"),
+], ids=["3x3-same", "3x3-valid-s2"])
+def test_second_derivatives_equal_keras(layer):
+    """Derivatives of derivatives (a gradient penalty: the gradient of the input
+    gradient's squared norm) go through the custom_jvp's own derivative rule and
+    equal those of Keras' op."""
+    import jax
+    import jax.numpy as jnp
+
+    ours = layer()
+    theirs, x = _pair(ours, 9)
+    weights = [v.value for v in ours.trainable_variables]
+    probe = None
+
+    def penalty(module, w, images):
+        def score(images):
+            nonlocal probe
+            y, _ = module.stateless_call(w, [], images)
+            if probe is None:
+                probe = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+            return jnp.sum(jnp.tanh(y) * probe)  # non-linear: the penalty depends on w
+
+        return jnp.sum(jax.grad(score)(images) ** 2)
+
+    grads = [jax.grad(lambda w, images: penalty(module, w, images), argnums=(0, 1))(
+        weights, jnp.asarray(x)) for module in (ours, theirs)]
+    assert_outputs_close(grads[0], grads[1])
+
+
 def _conv_paddings(jaxpr):
     """The ``padding`` of every convolution in a jaxpr, sub-jaxprs included."""
     from jax.extend.core import ClosedJaxpr, Jaxpr
