@@ -237,24 +237,51 @@ def test_arguments_are_checked():
     assert bench.parse_args([]).models == list(bench.DEFAULT_MODELS)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="the per-layer table is about JAX's lowering")
-def test_conv_lowering_table(tmp_path):
-    """benchmarks/conv_lowering.py times every distinct convolution both ways and
-    reports outputs equal to Keras' op (its own process: it sets KERAS_BACKEND)."""
+def _per_layer_table(script, *args, timeout=300):
+    """Runs a per-layer script of benchmarks/ on Inception-v2 at 32 px (its own
+    process: it sets KERAS_BACKEND); its output lines, the kinds in its table and
+    its largest relative difference of a layer's output."""
     import subprocess
     import sys
 
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "conv_lowering.py"), "--model",
-         "inception_v2", "--size", "32", "--batch", "1", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [sys.executable, str(ROOT / "benchmarks" / script), "--model", "inception_v2",
+         "--size", "32", "--batch", "1", "--repeats", "1", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
     kinds = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ")}
+    error = next(line for line in lines if line.startswith("Largest relative"))
+    return lines, kinds, float(error.rsplit(" ", 1)[1])
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the per-layer table is about JAX's lowering")
+def test_conv_lowering_table():
+    """benchmarks/conv_lowering.py times every distinct convolution both ways and
+    reports outputs equal to Keras' op."""
+    _, kinds, error = _per_layer_table("conv_lowering.py")
     # Inception-v2 has 1x1, padded k x k and the separable 7x7/2 stem (multiplier 8).
     assert {"1x1", "k x k, padded", "separable (depthwise + 1x1)", "all"} <= kinds
-    error = next(line for line in lines if line.startswith("Largest relative"))
-    assert float(error.rsplit(" ", 1)[1]) < 1e-5
+    assert error < 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the per-layer table is about JAX's lowering")
+def test_onednn_ffi_table(tmp_path):
+    """benchmarks/onednn_ffi.py fetches oneDNN with pip, compiles its XLA FFI
+    convolution, and its outputs equal the zoo's lowering, layer by layer and for the
+    whole model; a folder without oneDNN is a clear error."""
+    lines, kinds, error = _per_layer_table("onednn_ffi.py", "--cache", str(tmp_path / "c"),
+                                           timeout=600)
+    assert {"1x1", "k x k, same", "k x k, same strided", "all"} <= kinds
+    assert error < 1e-5
+    whole = next(line for line in lines if line.startswith("Whole model"))
+    assert float(whole.rsplit(" ", 1)[1]) < 1e-5
+    assert not list((tmp_path / "c").glob("tmp*"))  # nothing half-unpacked left
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AssertionError, match="holds no oneDNN build"):
+        _per_layer_table("onednn_ffi.py", "--onednn", str(empty), "--cache", str(empty))
 
 
 def test_rows_say_whether_malloc_kept_freed_memory(quick):
