@@ -254,7 +254,7 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 # ----------------------------------------------------------------- XLA:CPU lowering
 # Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, batch 16) by
 # benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md): its convolution
-# runs faster given one more zero row after the data, 2.5x without other padding
+# runs faster given one more zero row after the data, 2.8x without other padding
 # (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms), 1.33x over the 47 "same"
 # padded ones (forward pass only: see _row_padded_conv); 1x1 convolutions run 2.1x
 # faster as one matrix product; depthwise convolutions (feature_group_count = channels)
@@ -325,7 +325,7 @@ def _row_padded_conv():
     derivatives are those of the convolution as given, except that an unpadded one
     keeps the extra row.
 
-    XLA:CPU runs most convolutions 1.1-2.5x faster with the extra row, whatever
+    XLA:CPU runs most convolutions 1.1-2.8x faster with the extra row, whatever
     their padding (benchmarks/conv_lowering.py: Inception-v3's 47 padded ones 1.33x
     in all, a few small ones slower), but the gradients of a padded one with
     it took Inception-v3's training step from 2.5 to 0.23 images/s; those of an
@@ -400,7 +400,7 @@ class Conv2D(layers.Conv2D):
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
     layer. On JAX on a CPU it computes a 1x1 convolution as one matrix product and
     gives a k x k one an extra zero row (then drops the extra output row), which
-    XLA:CPU runs 2.1x and 1.4-2.5x faster; everywhere else, or with
+    XLA:CPU runs 2.1x and 1.4-2.8x faster; everywhere else, or with
     ``KERAS_INCEPTION_XLA_CPU_LOWERING=0`` in the environment, it is Keras' layer.
 
     Example:
