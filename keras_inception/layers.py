@@ -291,6 +291,12 @@ def _explicit_padding(shape, kernel, strides, padding):
     return tuple(same_padding(shape[1 + i], kernel[i], strides[i]) for i in range(2))
 
 
+def _output_size(shape, kernel, strides, pads):
+    """``(rows, cols)`` of an NHWC convolution's output, explicit ``pads``."""
+    return tuple((shape[1 + i] + sum(pads[i]) - kernel[i]) // strides[i] + 1
+                 for i in range(2))
+
+
 def _conv_lowering(x, kernel, strides, padding):
     """An NHWC convolution (HWIO kernel), as XLA:CPU computes it fastest."""
     import jax.numpy as jnp
@@ -309,9 +315,7 @@ def _xla_conv(x, kernel, strides, pads, extra_row):
     dropped: the same sums (each kept output reads the rows it read before)."""
     from jax import lax
 
-    kh, kw = kernel.shape[:2]
-    rows = (x.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
-    cols = (x.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
+    rows, cols = _output_size(x.shape, kernel.shape, strides, pads)
     if extra_row:
         pads = ((pads[0][0], pads[0][1] + 1), pads[1])
     y = lax.conv_general_dilated(x, kernel, strides, pads,
@@ -362,9 +366,8 @@ def _depthwise_lowering(x, kernel, strides, padding):
 
     kh, kw, channels, multiplier = kernel.shape
     (sh, sw), pads = strides, _explicit_padding(x.shape, (kh, kw), strides, padding)
+    rows, cols = _output_size(x.shape, kernel.shape, strides, pads)
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    rows = (x.shape[1] - kh) // sh + 1
-    cols = (x.shape[2] - kw) // sw + 1
     if multiplier > 1:  # output channel c * multiplier + m reads input channel c
         x = x[..., None]
     y = None
