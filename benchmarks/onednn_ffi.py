@@ -20,6 +20,7 @@ with pip into ``--cache`` once; or ``--onednn DIR`` with ``include/`` and ``lib/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -37,6 +38,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import conv_lowering as lowering  # noqa: E402  (this folder: the per-layer helpers)
 import keras_inception  # noqa: E402
 from keras_inception import layers as zoo  # noqa: E402
 from keras_inception.accelerate import inference_function  # noqa: E402
@@ -109,55 +111,50 @@ def register(library: pathlib.Path) -> None:
 
 def onednn_conv(x, kernel, strides, padding):
     """An NHWC convolution (HWIO kernel, Keras' "same"/"valid" padding) by oneDNN."""
-    kh, kw, _, cout = kernel.shape
-    (sh, sw) = strides
-    (top, bottom), (left, right) = zoo._explicit_padding(x.shape, (kh, kw), strides, padding)
-    rows = (x.shape[1] + top + bottom - kh) // sh + 1
-    cols = (x.shape[2] + left + right - kw) // sw + 1
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], rows, cols, cout),
-                                                         x.dtype))
+    pads = zoo._explicit_padding(x.shape, kernel.shape[:2], strides, padding)
+    rows, cols = zoo._output_size(x.shape, kernel.shape, strides, pads)
+    (top, bottom), (left, right) = pads
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(
+        (x.shape[0], rows, cols, kernel.shape[3]), x.dtype))
     return call(x, kernel, **{k: np.int64(v) for k, v in dict(
-        sh=sh, sw=sw, top=top, bottom=bottom, left=left, right=right).items()})
+        sh=strides[0], sw=strides[1], top=top, bottom=bottom, left=left,
+        right=right).items()})
 
 
-def _median_ms(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))  # compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def _kind(kernel, strides, padding) -> str:
-    name = "1x1" if tuple(kernel) == (1, 1) else f"k x k, {padding}"
-    return name + (" strided" if max(strides) > 1 else "")
+@contextlib.contextmanager
+def onednn_convolutions():
+    """Every zoo Conv2D traced inside runs oneDNN's convolution: the function each
+    one calls on XLA:CPU is swapped for the FFI call."""
+    zoo_lowering = zoo._conv_lowering
+    zoo._conv_lowering = onednn_conv
+    try:
+        yield
+    finally:
+        zoo._conv_lowering = zoo_lowering
 
 
 def layer_table(model, batch, repeats):
-    """Every distinct Conv2D timed both ways: rows of (kind, GFLOP, ours, oneDNN, error)."""
+    """Every distinct Conv2D timed as the zoo's layer, then with oneDNN's
+    convolution (conv_lowering.py's kinds, FLOPs and timing): rows of (kind, GFLOP,
+    lowering ms, oneDNN ms, largest relative difference)."""
     rng = np.random.default_rng(0)
     measured, rows = {}, []
     for layer in model.layers:
         if type(layer) is not zoo.Conv2D:
             continue
         shape = (batch, *layer.input.shape[1:])
-        strides, padding = tuple(layer.strides), layer.padding
-        key = (shape, tuple(layer.kernel.shape), strides, padding)
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        key = (shape, repr(sorted(config.items())))
         if key not in measured:
             x = jax.numpy.asarray(rng.standard_normal(shape, dtype=np.float32))
-            kernel = jax.numpy.asarray(layer.kernel.numpy())
-            ours = jax.jit(lambda x, k: zoo._conv_lowering(x, k, strides, padding))
-            theirs = jax.jit(lambda x, k: onednn_conv(x, k, strides, padding))
-            expected, actual = np.asarray(ours(x, kernel)), np.asarray(theirs(x, kernel))
+            ours_ms, expected = lowering._time(layer, x, repeats)
+            with onednn_convolutions():
+                theirs_ms, actual = lowering._time(layer, x, repeats)
             error = float(np.abs(actual - expected).max() / np.abs(expected).max())
-            measured[key] = (_median_ms(ours, x, kernel, repeats=repeats),
-                             _median_ms(theirs, x, kernel, repeats=repeats), error)
-        n, h, w, c = (batch, *layer.output.shape[1:])
-        kh, kw, cin, _ = layer.kernel.shape
-        rows.append((_kind(layer.kernel_size, strides, padding),
-                     2 * n * h * w * c * kh * kw * cin / 1e9, *measured[key]))
+            measured[key] = (ours_ms, theirs_ms, error)
+        out_shape = (batch, *layer.output.shape[1:])
+        rows.append((lowering._kind(layer, lowering._padding(layer, shape)),
+                     lowering._gflop(layer, out_shape), *measured[key]))
     return rows
 
 
@@ -166,14 +163,10 @@ def whole_model(model, batch, repeats):
     convolutions, calls alternating, and the largest difference of their outputs."""
     x = np.random.default_rng(1).random((batch, *model.input.shape[1:]), np.float32)
     ours = inference_function(model)
-    expected = np.asarray(ours(x))  # traced and compiled before the switch below
-    lowering = zoo._conv_lowering
-    zoo._conv_lowering = onednn_conv  # what every zoo Conv2D calls on XLA:CPU
-    try:
+    expected = np.asarray(ours(x))  # traced and compiled before the swap below
+    with onednn_convolutions():
         theirs = inference_function(model)
         actual = np.asarray(theirs(x))
-    finally:
-        zoo._conv_lowering = lowering
     times = {ours: [], theirs: []}
     for _ in range(repeats):
         for fn in times:

@@ -272,8 +272,10 @@ def test_onednn_ffi_table(tmp_path):
     whole model; a folder without oneDNN is a clear error."""
     lines, kinds, error = _per_layer_table("onednn_ffi.py", "--cache", str(tmp_path / "c"),
                                            timeout=600)
-    assert {"1x1", "k x k, same", "k x k, same strided", "all"} <= kinds
-    assert error < 1e-5
+    assert {"1x1", "k x k, padded", "k x k, padded strided", "all"} <= kinds
+    # oneDNN sums in another order than XLA: a difference of exactly 0 everywhere
+    # would mean the FFI call never ran
+    assert 0 < error < 1e-5
     whole = next(line for line in lines if line.startswith("Whole model"))
     assert float(whole.rsplit(" ", 1)[1]) < 1e-5
     assert not list((tmp_path / "c").glob("tmp*"))  # nothing half-unpacked left
