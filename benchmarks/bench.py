@@ -221,7 +221,9 @@ def _gemm(backend: str, device: dict, n: int, warmup: int, repeats: int) -> List
     rng = np.random.default_rng(0)
     a32 = rng.standard_normal((n, n), dtype=np.float32)
     b32 = rng.standard_normal((n, n), dtype=np.float32)
-    cases = [("numpy", "float32", "cpu", lambda: np.matmul(a32, b32))]
+    results = [dict(_numpy_gemm(n, warmup, repeats), device="cpu",
+                    device_description=device["cpu"]["description"])]
+    cases = []
     on = device["kind"]
     if backend == "torch":
         import torch
@@ -251,7 +253,6 @@ def _gemm(backend: str, device: dict, n: int, warmup: int, repeats: int) -> List
             # Reading one element waits for the product (asynchronous on a GPU).
             cases.append(("tensorflow", dtype, on,
                           lambda a=a, b=b: tf.linalg.matmul(a, b)[0, 0].numpy()))
-    results = []
     for library, dtype, where, fn in cases:
         try:
             times = _times(fn, warmup, repeats)
@@ -267,6 +268,74 @@ def _gemm(backend: str, device: dict, n: int, warmup: int, repeats: int) -> List
             "times_s": times, "median_s": median,
             "gflops": 2 * n**3 / median / 1e9, "best_gflops": 2 * n**3 / min(times) / 1e9})
     return results
+
+
+# Environment variables that make OpenBLAS use another CPU's kernels. Some machines
+# set them because older OpenBLAS builds compute wrong results on their CPU; NumPy's
+# current build does not, and with them its GEMM ran at half its speed (AMD EPYC,
+# Haswell kernels: 199 vs 376-394 GFLOP/s). The roofline is what the CPU can do.
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _numpy_gemm(n: int, warmup: int, repeats: int) -> dict:
+    """NumPy's float32 GEMM, timed in a process of its own with OpenBLAS choosing its
+    kernels for this CPU (:data:`OPENBLAS_OVERRIDES` dropped), checked against a
+    float64 product: a wrong kernel gives an error entry, never a roofline."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_OVERRIDES}
+    cmd = [sys.executable, os.path.abspath(__file__), "--numpy-gemm", str(n), str(warmup),
+           str(repeats)]
+    entry = {"library": "numpy", "dtype": "float32", "n": n,
+             "openblas_overrides_dropped": sorted(set(os.environ) & set(OPENBLAS_OVERRIDES))}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as err:
+        return dict(entry, error=f"NumPy GEMM probe failed: {_error(err)}")
+    entry.update(out)
+    if entry.get("max_rel_error", 0) > 1e-4:  # float32 sums of 2048 terms: ~1e-6
+        entry.pop("gflops", None)
+        entry["error"] = (f"NumPy's GEMM is wrong here (max relative error "
+                          f"{entry['max_rel_error']:.1e}); not used as a roofline")
+    return entry
+
+
+def numpy_gemm_child(n: int, warmup: int, repeats: int) -> dict:
+    """The timing of :func:`_numpy_gemm`, in its process; prints nothing else."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    times = _times(lambda: np.matmul(a, b), warmup, repeats)
+    rows = slice(0, min(n, 64))
+    exact = a[rows].astype(np.float64) @ b.astype(np.float64)
+    error = np.abs(np.matmul(a, b)[rows] - exact).max() / np.abs(exact).max()
+    median = statistics.median(times)
+    return {"times_s": times, "median_s": median, "gflops": 2 * n**3 / median / 1e9,
+            "best_gflops": 2 * n**3 / min(times) / 1e9, "max_rel_error": float(error),
+            "blas_kernel": _openblas_kernel()}
+
+
+def _openblas_kernel() -> Optional[str]:
+    """The CPU kernel set NumPy's bundled OpenBLAS runs (e.g. ``SkylakeX``), if known."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    for path in glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs",
+                                       "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename_",
+                     "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
 
 
 def _error(err: BaseException) -> str:
@@ -786,7 +855,9 @@ def markdown(report: dict) -> str:
               "| backend | library | dtype | n | device | GFLOP/s |", "|---|---|---|--:|---|--:|"]
     for backend, info in report["backends"].items():
         for g in info.get("gemm", ()):
-            lines.append(f"| {backend} | {g['library']} | {g['dtype']} | {g['n']} | "
+            library = g["library"] + (f" (OpenBLAS {g['blas_kernel']})"
+                                      if g.get("blas_kernel") else "")
+            lines.append(f"| {backend} | {library} | {g['dtype']} | {g['n']} | "
                          f"{g['device']} | {_fmt(g.get('gflops'))}"
                          f"{'' if 'gflops' in g else ' ' + g.get('error', '')} |")
     errors = [f"- {b}: {info['error']}" for b, info in report["backends"].items()
@@ -926,6 +997,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also copy the chart to docs/assets/benchmarks/ and the table "
                         "into docs/benchmarks.md")
     p.add_argument("--child", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
+    p.add_argument("--numpy-gemm", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or "googlenet"
@@ -952,6 +1024,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.numpy_gemm:
+        print(json.dumps(numpy_gemm_child(*args.numpy_gemm)))
+        return 0
     if args.child:
         return child_main(*args.child)
     log = lambda text: print(text, flush=True)  # noqa: E731

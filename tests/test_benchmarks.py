@@ -309,3 +309,42 @@ def test_rows_say_whether_malloc_kept_freed_memory(quick):
     assert ("glibc kept the process's freed memory" in table) == bool(kept)
     for label in kept:
         assert label in table.split("glibc kept the process's freed memory")[1]
+
+
+def test_numpy_gemm_probe_runs_openblas_own_kernels(monkeypatch):
+    """The NumPy GEMM probe (part of the roofline) runs in a process of its own
+    without the variables that make OpenBLAS use another CPU's kernels, says which
+    kernels ran, and its product is checked against float64."""
+    import subprocess
+    import sys
+
+    def kernel(env):
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"),
+                              "--numpy-gemm", "64", "0", "1"], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(run.stdout)["blas_kernel"]
+
+    clean = {k: v for k, v in os.environ.items() if k not in bench.OPENBLAS_OVERRIDES}
+    native = kernel(clean)
+    if native is None:
+        pytest.skip("NumPy here does not bundle OpenBLAS")
+    assert kernel(dict(clean, OPENBLAS_CORETYPE="Sandybridge")) == "Sandybridge"  # it obeys
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")
+    entry = bench._numpy_gemm(64, 0, 1)
+    assert entry["openblas_overrides_dropped"][0] == "OPENBLAS_CORETYPE"
+    assert entry["blas_kernel"] == native
+    assert entry["max_rel_error"] < 1e-5 and entry["gflops"] > 0
+
+
+def test_a_wrong_numpy_gemm_is_no_roofline(monkeypatch):
+    """A BLAS that computes wrong products on this CPU gives an error entry, not a
+    roofline figure."""
+    wrong = json.dumps({"times_s": [0.001], "median_s": 0.001, "gflops": 9999.0,
+                        "best_gflops": 9999.0, "max_rel_error": 0.3,
+                        "blas_kernel": "Haswell"})
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: mock.Mock(stdout=wrong))
+    entry = bench._numpy_gemm(2048, 0, 1)
+    assert "gflops" not in entry and "wrong" in entry["error"]
+    entry.update(device="cpu", device_description="cpu")
+    assert bench.rooflines({"jax": {"gemm": [entry]}}) == {}
