@@ -192,3 +192,44 @@ def test_lowering_is_used_on_cpu_and_can_be_turned_off(monkeypatch):
     assert primitives() == (False, True)
     monkeypatch.setenv("KERAS_INCEPTION_XLA_CPU_LOWERING", "0")
     assert primitives() == (True, False)
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: zoo.Conv2D(16, 1, use_bias=False, dtype="mixed_bfloat16"),
+    lambda: zoo.Conv2D(16, 1, strides=2, dtype="mixed_bfloat16"),
+    lambda: zoo.SeparableConv2D(16, 3, padding="same", dtype="mixed_bfloat16"),
+], ids=["1x1", "1x1-s2", "separable"])
+def test_bfloat16_pointwise_equals_keras(layer):
+    """Under ``mixed_bfloat16`` the 1x1 products (a 1x1 convolution, a separable
+    convolution's pointwise step) give bfloat16 outputs within one bfloat16 rounding
+    of the float32 result, as Keras' layer does; their gradients reach the float32
+    weights. On JAX's CPU platform the product accumulates in float32 (XLA:CPU's
+    fast bfloat16 GEMM, see layers._matmul)."""
+    ours = layer()
+    theirs, x = _pair(ours, 9, channels=256)  # long sums: bfloat16 sums would drift
+    reference = zoo.keras_class(ours).from_config({**ours.get_config(), "dtype": "float32"})
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    # The float32 result from the bfloat16-rounded input, which both layers see.
+    x = keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32"))
+    expected = keras.ops.convert_to_numpy(reference(x))
+    scale = np.abs(expected).max()
+    for module in (ours, theirs):
+        y = module(x)
+        assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+        y = keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
+        # Weights rounded to bfloat16 (relative 2^-9 each, random signs over 256+
+        # terms) and the output rounded once: well within 1 % of the output scale.
+        np.testing.assert_allclose(y, expected, rtol=0, atol=0.01 * scale)
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        text = str(jax.make_jaxpr(lambda images: ours(images))(x))
+        assert "preferred_element_type=float32" in text, text
+        weights = [v.value for v in ours.trainable_variables]
+        grads = jax.grad(lambda w: jnp.sum(ours.stateless_call(w, [], x)[0].astype(
+            jnp.float32)))(weights)
+        assert [g.dtype for g in grads] == [w.dtype for w in weights]
+        assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
+                   for g in grads)
