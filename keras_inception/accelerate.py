@@ -31,11 +31,13 @@
 ``precision="bfloat16"`` runs the convolutional body in bfloat16 and everything after
 the last feature map (global pooling, dense layers, softmax) in float32, like a model
 built under Keras' ``mixed_bfloat16`` policy (see :func:`mixed_precision_model`). It
-pays off where bfloat16 matrix units exist (GPUs, CPUs with AMX): Inception-v3 at
-batch 16 on a 2-core CPU with AMX ran 3.9-4.5x faster than in float32 on TensorFlow
-and on PyTorch. On a CPU with AVX512-BF16 alone, oneDNN's bfloat16 kernels are no
-faster than its float32 ones, and JAX's XLA:CPU has no AMX kernels (no faster in
-bfloat16 on either CPU).
+pays off where bfloat16 arithmetic is faster than float32: GPUs, CPUs with AMX
+(Inception-v3 at batch 16 on a 2-core CPU with AMX: 3.9-4.5x float32 on TensorFlow
+and on PyTorch), and CPUs whose AVX512-BF16 dot product runs at twice the float32
+FMA rate (a 2-core AMD EPYC: 2.03x on TensorFlow, 1.62x on PyTorch). Where that
+instruction runs at half the FMA rate (the Intel CPU without AMX), oneDNN's
+bfloat16 kernels are slower than its float32 ones; JAX's XLA:CPU gains only in its
+matrix products, so Inception-v3 is no faster in bfloat16 there on any of these CPUs.
 """
 
 from __future__ import annotations
