@@ -22,8 +22,8 @@ chunks, PyTorch only; ``mixed_bf16``: the model built under Keras'
 in the results instead of failing the run.
 
 It also measures the machine's matrix-multiply throughput (a 2048x2048 GEMM in
-float32 and bfloat16, on NumPy and on the backend's own library, on the backend's
-device), so that every inference figure is also a fraction of the roofline
+float32 and bfloat16, on NumPy, in a process of its own with OpenBLAS's kernels for
+this CPU, and on the backend's own library, on the backend's device), so that every inference figure is also a fraction of the roofline
 ``images/s x FLOPs per image / GEMM FLOP/s``, with FLOPs = 2 x
 :func:`keras_inception.stats.count_macs`.
 
@@ -260,14 +260,19 @@ def _gemm(backend: str, device: dict, n: int, warmup: int, repeats: int) -> List
             results.append({"library": library, "dtype": dtype, "n": n,
                             "device": where, "error": _error(err)})
             continue
-        median = statistics.median(times)
         results.append({
             "library": library, "dtype": dtype, "n": n, "device": where,
             "device_description": (device["description"] if where == on
                                    else device["cpu"]["description"]),
-            "times_s": times, "median_s": median,
-            "gflops": 2 * n**3 / median / 1e9, "best_gflops": 2 * n**3 / min(times) / 1e9})
+            **_gemm_timing(n, times)})
     return results
+
+
+def _gemm_timing(n: int, times: List[float]) -> dict:
+    """The timing fields of a GEMM entry: raw times, median, GFLOP/s (median, best)."""
+    median = statistics.median(times)
+    return {"times_s": times, "median_s": median, "gflops": 2 * n**3 / median / 1e9,
+            "best_gflops": 2 * n**3 / min(times) / 1e9}
 
 
 # Environment variables that make OpenBLAS use another CPU's kernels. Some machines
@@ -310,10 +315,8 @@ def numpy_gemm_child(n: int, warmup: int, repeats: int) -> dict:
     rows = slice(0, min(n, 64))
     exact = a[rows].astype(np.float64) @ b.astype(np.float64)
     error = np.abs(np.matmul(a, b)[rows] - exact).max() / np.abs(exact).max()
-    median = statistics.median(times)
-    return {"times_s": times, "median_s": median, "gflops": 2 * n**3 / median / 1e9,
-            "best_gflops": 2 * n**3 / min(times) / 1e9, "max_rel_error": float(error),
-            "blas_kernel": _openblas_kernel()}
+    return dict(_gemm_timing(n, times), max_rel_error=float(error),
+                blas_kernel=_openblas_kernel())
 
 
 def _openblas_kernel() -> Optional[str]:
