@@ -536,6 +536,10 @@ def _row(spec: dict, device: dict) -> dict:
     x_batch = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
     x_one = x_batch[:1]
     policy = keras.config.dtype_policy().name
+    if backend == "jax" and device["kind"] == "cpu":
+        from keras_inception import xla_cpu
+
+        row["xla_cpu_convolutions"] = "YNNPACK" if xla_cpu.ynn_convolutions() else "Eigen"
     try:
         if impl == "accelerated_whole" and backend != "torch":
             raise NotAvailable("only the PyTorch path runs batch chunks: whole batches "
@@ -672,6 +676,11 @@ def _run_child(spec: dict, backend: str, timeout: float, log, threads=None) -> d
             json.dump(spec, f)
         env = dict(os.environ, KERAS_BACKEND=backend)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        rows = spec.get("rows", ())
+        if rows and all(r["impl"] == "keras_applications" for r in rows):
+            # keras.applications as its users run it: XLA's default flags (importing
+            # keras_inception would turn YNNPACK's convolutions off on JAX).
+            env["KERAS_INCEPTION_XLA_CPU_LOWERING"] = "0"
         if threads:
             env.update({name: str(threads) for name in THREAD_VARIABLES})
         cmd = [sys.executable, os.path.abspath(__file__), "--child", spec_path, result_path]
@@ -786,6 +795,18 @@ def _malloc_keeps_freed_memory() -> bool:
     return called and accelerate.keep_freed_memory()
 
 
+def _xla_cpu_note(report: dict) -> str:
+    """Which library ran JAX's float32 convolutions on the CPU, per path."""
+    seen = {}
+    for row in report["results"]:
+        if row.get("xla_cpu_convolutions"):
+            seen.setdefault(row["xla_cpu_convolutions"], set()).add(row["label"])
+    if not seen:
+        return ""
+    parts = [f"{', '.join(sorted(labels))} on {lib}" for lib, labels in sorted(seen.items())]
+    return f" JAX's float32 CPU convolutions: {'; '.join(parts)}."
+
+
 def markdown(report: dict) -> str:
     """The results as Markdown: a header of facts, the table, GEMMs, what was not run."""
     s = report["settings"]
@@ -809,7 +830,7 @@ def markdown(report: dict) -> str:
         f"images/s are the median of {s['repeats']} timed calls after "
         f"{s['warmup']} warm-up call(s); training: `train_on_batch`, {s['optimizer']}, "
         f"batch {batch}. Load average (1 min) over the run: "
-        f"{load['min']:.2f} to {load['max']:.2f}.",
+        f"{load['min']:.2f} to {load['max']:.2f}.{_xla_cpu_note(report)}",
         "",
         f"| model | backend | path | build (s) | load (s) | b1 (img/s) | b{batch} (img/s) "
         f"| vs k.a. | vs plain | of roofline | train (img/s) | train vs k.a. "

@@ -5,11 +5,16 @@ For every distinct convolution of a family (shape, kernel, stride, padding), tim
 same input in one process, and prints a table per kind of convolution with the
 ratio, then the slowest layers. It is the measurement behind
 :class:`keras_inception.layers.Conv2D` and ``SeparableConv2D``; re-run it when JAX
-changes. The lowering is used on JAX's CPU platform only; on a GPU this script
-compares Keras' op with itself.
+changes. "ours" is the lowering whatever this process's XLA flags (the zoo's float32
+layers take it only while XLA:CPU gives convolutions to YNNPACK, see
+:mod:`keras_inception.xla_cpu`; the header says which library runs Keras' op). The
+lowering is used on JAX's CPU platform only; on a GPU this script compares Keras'
+op with itself.
 
-    .venv/bin/python benchmarks/conv_lowering.py                 # inception_v3
+    .venv/bin/python benchmarks/conv_lowering.py                 # inception_v3, Eigen
     .venv/bin/python benchmarks/conv_lowering.py --model xception --batch 8
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution \
+        .venv/bin/python benchmarks/conv_lowering.py             # XLA's default: YNNPACK
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np  # noqa: E402
 
 import keras_inception  # noqa: E402
 from keras_inception import layers as zoo  # noqa: E402
+from keras_inception import xla_cpu  # noqa: E402
 
 
 def _kind(layer, padding) -> str:
@@ -83,8 +89,11 @@ def main(argv=None) -> int:
     model = keras_inception.create_model(args.model, weights=None,
                                          input_shape=(size, size, 3))
     rng = np.random.default_rng(0)
+    library = "YNNPACK" if xla_cpu.ynn_convolutions() else "Eigen or the device's"
     print(f"{args.model}, {size} px, batch {args.batch}, jax {jax.__version__} on "
-          f"{jax.default_backend()} ({jax.devices()[0].device_kind})\n")
+          f"{jax.default_backend()} ({jax.devices()[0].device_kind}); Keras' float32 "
+          f"op on {library} convolutions\n")
+    xla_cpu.ynn_convolutions = lambda: True  # "ours": the lowering, whatever the flags
     measured = {}
     rows = []
     for layer in model.layers:

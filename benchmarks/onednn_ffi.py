@@ -4,8 +4,9 @@ XLA:CPU's own convolution kernels are what limits JAX on a CPU (docs/benchmarks.
 benchmarks/conv_lowering.py). This script builds a small XLA FFI handler
 (``benchmarks/onednn_ffi_conv.cc``: an NHWC float32 convolution run by oneDNN, the
 library behind TensorFlow's and PyTorch's CPU convolutions) and measures in one
-process, for every distinct ``Conv2D`` of a family, the zoo's lowering against the
-FFI call (outputs compared), then the whole accelerated model both ways
+process, for every distinct ``Conv2D`` of a family, the zoo's layer (Keras' op
+where XLA:CPU runs float32 convolutions on Eigen, the default with
+keras_inception imported; else its lowering) against the FFI call (outputs compared), then the whole accelerated model both ways
 (``inference_function``, calls alternating). It is a measurement, not a library
 path: keras-inception ships no compiled code.
 
@@ -41,6 +42,7 @@ import numpy as np  # noqa: E402
 import conv_lowering as lowering  # noqa: E402  (this folder: the per-layer helpers)
 import keras_inception  # noqa: E402
 from keras_inception import layers as zoo  # noqa: E402
+from keras_inception import xla_cpu  # noqa: E402
 from keras_inception.accelerate import inference_function  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -124,13 +126,14 @@ def onednn_conv(x, kernel, strides, padding):
 @contextlib.contextmanager
 def onednn_convolutions():
     """Every zoo Conv2D traced inside runs oneDNN's convolution: the function each
-    one calls on XLA:CPU is swapped for the FFI call."""
-    zoo_lowering = zoo._conv_lowering
-    zoo._conv_lowering = onednn_conv
+    one calls on XLA:CPU is swapped for the FFI call (float32 ones too, which with
+    YNNPACK's convolutions off run Keras' op: keras_inception.xla_cpu)."""
+    zoo_lowering, ynn = zoo._conv_lowering, xla_cpu.ynn_convolutions
+    zoo._conv_lowering, xla_cpu.ynn_convolutions = onednn_conv, lambda: True
     try:
         yield
     finally:
-        zoo._conv_lowering = zoo_lowering
+        zoo._conv_lowering, xla_cpu.ynn_convolutions = zoo_lowering, ynn
 
 
 def layer_table(model, batch, repeats):
@@ -159,7 +162,7 @@ def layer_table(model, batch, repeats):
 
 
 def whole_model(model, batch, repeats):
-    """images/s of the accelerated model with the zoo's lowering and with oneDNN's
+    """images/s of the accelerated model with the zoo's layers and with oneDNN's
     convolutions, calls alternating, and the largest difference of their outputs."""
     x = np.random.default_rng(1).random((batch, *model.input.shape[1:]), np.float32)
     ours = inference_function(model)
@@ -200,8 +203,8 @@ def main(argv=None) -> int:
     print(f"{args.model}, {size} px, batch {args.batch}, jax {jax.__version__}, "
           f"median of {args.repeats}\n")
     rows = layer_table(model, args.batch, args.repeats)
-    print("| kind | layers | GFLOP | zoo lowering (ms) | oneDNN (ms) | speed-up | "
-          "lowering GFLOP/s | oneDNN GFLOP/s |")
+    print("| kind | layers | GFLOP | zoo's layer (ms) | oneDNN (ms) | speed-up | "
+          "zoo GFLOP/s | oneDNN GFLOP/s |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
     groups = {kind: [r for r in rows if r[0] == kind] for kind in sorted({r[0] for r in rows})}
     for kind, group in [*groups.items(), ("all", rows)]:
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
     print(f"\nLargest relative difference of a convolution's output: "
           f"{max(r[4] for r in rows):.1e}")
     (ours, theirs), error = whole_model(model, args.batch, args.repeats)
-    print(f"\nWhole model, inference_function: zoo lowering {ours:.3g} images/s, "
+    print(f"\nWhole model, inference_function: zoo's layers {ours:.3g} images/s, "
           f"oneDNN convolutions {theirs:.3g} images/s ({theirs / ours:.2f}x); "
           f"largest relative difference of the outputs {error:.1e}")
     return 0

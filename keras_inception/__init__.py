@@ -1,5 +1,12 @@
 """keras-inception: the Inception family for Keras 3 on TensorFlow, JAX and PyTorch."""
 
+import keras as _keras
+
+from keras_inception import xla_cpu
+
+# Before anything computes: XLA reads XLA_FLAGS once, when JAX starts (see xla_cpu).
+xla_cpu.configure(_keras.backend.backend())
+
 from keras_inception import accelerate, distribute, optimize, stats, transfer
 from keras_inception.accelerate import inference_function, mixed_precision_model
 from keras_inception.optimize import fuse_batchnorm
@@ -30,5 +37,5 @@ __all__ = [
     "decode_predictions", "imagenet_classes", "load_image", "preprocess_input",
     "preprocessing_for",
     "feature_extractor", "ScaledResidual", "stats", "transfer", "distribute",
-    "optimize", "fuse_batchnorm", "load_model", "accelerate", "inference_function", "mixed_precision_model",
+    "optimize", "xla_cpu", "fuse_batchnorm", "load_model", "accelerate", "inference_function", "mixed_precision_model",
 ]

@@ -21,10 +21,13 @@
   glibc keep freed memory altogether (:func:`keep_freed_memory`; JAX too). Layers it
   does not know run through Keras itself, so any functional model works.
 * **JAX**: ``jax.jit`` of the BN-folded model's ``stateless_call``. XLA already fuses
-  BatchNormalization into elementwise passes; the speed on a CPU comes from the zoo's
-  convolution layers themselves (:class:`keras_inception.layers.Conv2D`: 1x1 as
-  matrix products, an extra zero row for k x k ones, depthwise as shifted slices), which
-  every path of a zoo model uses, training included.
+  BatchNormalization into elementwise passes; the speed on a CPU comes from float32
+  convolutions on Eigen rather than YNNPACK (:mod:`keras_inception.xla_cpu`: set for
+  the process on import; where JAX started earlier, this executable is compiled with
+  options to that effect) and from the zoo's convolution layers
+  (:class:`keras_inception.layers.Conv2D`: depthwise as shifted slices; 1x1 as
+  matrix products and an extra zero row for k x k ones in bfloat16, or while YNNPACK
+  computes them), which every path of a zoo model uses, training included.
 * **TensorFlow**: ``tf.function`` of the BN-folded model; ``jit_compile`` is off by
   default: XLA's CPU convolutions ran at half the speed of TensorFlow's oneDNN ones.
 
@@ -42,11 +45,13 @@ matrix products, so Inception-v3 is no faster in bfloat16 there on any of these 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
 import keras
 
+from keras_inception import xla_cpu
 from keras_inception.layers import _jax_on_cpu, keras_class, same_padding
 from keras_inception.optimize import batchnorm_affine, fuse_batchnorm
 
@@ -323,7 +328,7 @@ def inference_function(model, *, precision: str = "float32", fuse: bool = True,
         if precision == "bfloat16":
             model = mixed_precision_model(model, "mixed_bfloat16")
         if backend == "jax":
-            fn, path = _jax_function(model), "jax.jit(stateless_call)"
+            fn, path = _jax_function(model)
         elif backend == "tensorflow":
             jit_compile = bool(jit_compile)
             fn = _tf_function(model, jit_compile)
@@ -358,17 +363,31 @@ def _as_float32(structure):
 
 
 def _jax_function(model):
+    """``(fn, path)``: the jitted ``stateless_call``; on a CPU whose process leaves
+    float32 convolutions on YNNPACK (JAX started before keras_inception was
+    imported), compiled and traced for Eigen's (:mod:`keras_inception.xla_cpu`)."""
     import jax
 
-    @jax.jit
     def run(trainable, non_trainable, x):
         outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
         return _as_float32(outputs)
 
-    # Values are read at each call: Keras' own compiled functions (fit, predict) may
-    # donate the buffers of variables this model shares and replace them.
-    return lambda x: run([v.value for v in model.trainable_variables],
-                         [v.value for v in model.non_trainable_variables], x)
+    options = xla_cpu.eigen_compiler_options()
+    run = jax.jit(run, compiler_options=options) if options else jax.jit(run)
+    tracing = xla_cpu.eigen_convolutions if options else contextlib.nullcontext
+    path = "jax.jit(stateless_call)"
+    if _jax_on_cpu():
+        eigen = options or not xla_cpu.ynn_convolutions()
+        path += f", float32 convolutions on {'Eigen' if eigen else 'YNNPACK'}"
+
+    def call(x):
+        # Values are read at each call: Keras' own compiled functions (fit, predict)
+        # may donate the buffers of variables this model shares and replace them.
+        with tracing():
+            return run([v.value for v in model.trainable_variables],
+                       [v.value for v in model.non_trainable_variables], x)
+
+    return call, path
 
 
 def _tf_function(model, jit_compile):

@@ -25,6 +25,8 @@ from typing import Sequence, Union
 import keras
 from keras import layers
 
+from keras_inception import xla_cpu
+
 __all__ = [
     "ConstantPadding2D", "Conv", "Conv2D", "Fork", "Norm", "Pool", "ScaledResidual",
     "SeparableConv2D", "apply_ops", "aux_head", "aux_head_v1", "channel_axis",
@@ -253,15 +255,18 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 # ----------------------------------------------------------------- XLA:CPU lowering
 # Measured on XLA:CPU (jax 0.10.2, 2-core AVX-512 CPU, batch 16) by
-# benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md): its convolution
-# runs faster given one more zero row after the data, 2.8x without other padding
-# (conv2d_2a, 149 x 149 x 32 -> 32, 3x3: 270 ms vs 96 ms), 1.33x over the 47 "same"
-# padded ones (forward pass only: see _row_padded_conv); 1x1 convolutions run 2.1x
-# faster as one matrix product; depthwise convolutions (feature_group_count = channels)
-# are so slow that Xception runs at 1.6 images/s, 5.7x faster with the depthwise step
-# as a sum of shifted, scaled slices (benchmarks/bench.py). So on JAX's CPU platform
-# the zoo's convolutions compute the same sums that way. Other backends and
-# accelerators (cuDNN) run Keras' own op.
+# benchmarks/conv_lowering.py on Inception-v3 (docs/benchmarks.md, "JAX"). XLA gives
+# float32 convolutions to YNNPACK by default, and YNNPACK's are slow on these shapes:
+# 1x1 convolutions run 2.1x faster as one matrix product, k x k ones 1.1-2.8x faster
+# given one more zero row after the data (which YNNPACK does not take: the output
+# would be larger than the input, so XLA runs them on Eigen). With YNNPACK's
+# convolutions off (keras_inception.xla_cpu, the default on import), Keras' op beats
+# both tricks (all 94 convolutions 654 ms vs 740), so float32 convolutions take them
+# only while YNNPACK's are on. bfloat16 ones always run on Eigen and keep them
+# (1x1 products accumulate in float32: _matmul). Depthwise convolutions
+# (feature_group_count = channels) are slow on both (Xception 1.6 images/s), 5.7x
+# faster as a sum of shifted, scaled slices. Other backends and accelerators (cuDNN)
+# run Keras' own op.
 
 
 def _xla_cpu(layer) -> bool:
@@ -275,6 +280,13 @@ def _xla_cpu(layer) -> bool:
     if any(d != 1 for d in layer.dilation_rate):
         return False
     return _jax_on_cpu()
+
+
+def _conv_lowering_pays(inputs) -> bool:
+    """Whether a (non-depthwise) convolution of ``inputs`` is faster lowered (see
+    above): bfloat16 ones, and float32 ones while YNNPACK computes them."""
+    return keras.backend.standardize_dtype(inputs.dtype) == "bfloat16" or \
+        xla_cpu.ynn_convolutions()
 
 
 def _jax_on_cpu() -> bool:
@@ -416,9 +428,10 @@ class Conv2D(layers.Conv2D):
     """``keras.layers.Conv2D`` with a faster lowering on JAX's CPU platform.
 
     Same arguments, config, weights and outputs (up to float32 rounding) as Keras'
-    layer. On JAX on a CPU it computes a 1x1 convolution as one matrix product and
-    gives a k x k one an extra zero row (then drops the extra output row), which
-    XLA:CPU runs 2.1x and 1.4-2.8x faster; everywhere else, or with
+    layer. On JAX on a CPU, in bfloat16 or while XLA:CPU gives float32 convolutions
+    to YNNPACK (:mod:`keras_inception.xla_cpu`), it computes a 1x1 convolution as one
+    matrix product and gives a k x k one an extra zero row (then drops the extra
+    output row), which run 2.1x and 1.1-2.8x faster there; everywhere else, or with
     ``KERAS_INCEPTION_XLA_CPU_LOWERING=0`` in the environment, it is Keras' layer.
 
     Example:
@@ -436,7 +449,7 @@ class Conv2D(layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if self.groups != 1 or not _xla_cpu(self):
+        if self.groups != 1 or not _xla_cpu(self) or not _conv_lowering_pays(inputs):
             return super().convolution_op(inputs, kernel)
         return _xla_cpu_conv(inputs, keras.ops.convert_to_tensor(kernel),
                              self.strides, self.padding)

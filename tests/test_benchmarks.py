@@ -258,8 +258,10 @@ def _per_layer_table(script, *args, timeout=300):
 @pytest.mark.skipif(BACKEND != "jax", reason="the per-layer table is about JAX's lowering")
 def test_conv_lowering_table():
     """benchmarks/conv_lowering.py times every distinct convolution both ways and
-    reports outputs equal to Keras' op."""
-    _, kinds, error = _per_layer_table("conv_lowering.py")
+    reports outputs equal to Keras' op; its header says which library runs Keras' op
+    (Eigen: its process imported keras_inception, see keras_inception.xla_cpu)."""
+    lines, kinds, error = _per_layer_table("conv_lowering.py")
+    assert lines[0].endswith("Keras' float32 op on Eigen or the device's convolutions")
     # Inception-v2 has 1x1, padded k x k and the separable 7x7/2 stem (multiplier 8).
     assert {"1x1", "k x k, padded", "separable (depthwise + 1x1)", "all"} <= kinds
     assert error < 1e-5

@@ -1,9 +1,12 @@
 """The zoo's Conv2D / SeparableConv2D compute what Keras' layers compute.
 
 On JAX's CPU platform they lower to other XLA ops (1x1 as a matrix product, one
-extra zero row for k x k convolutions, depthwise as shifted slices); elsewhere they
-are Keras' layers. Either way: same config, weights, outputs and gradients up to
+extra zero row for k x k convolutions: in bfloat16, and in float32 while XLA:CPU
+gives convolutions to YNNPACK; depthwise as shifted slices); elsewhere they are
+Keras' layers. Either way: same config, weights, outputs and gradients up to
 float32 rounding, for every kernel size, stride and padding the zoo uses and more.
+The tests of the lowering itself pretend YNNPACK's convolutions are on (the test
+process turns them off on import, see keras_inception.xla_cpu).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ import pytest
 
 import keras_inception
 from keras_inception import layers as zoo
+from keras_inception import xla_cpu
 from keras_inception.testing import assert_outputs_close
 
 BACKEND = keras.backend.backend()
+
+
+@pytest.fixture
+def ynn(monkeypatch):
+    """Float32 convolutions take the lowering, as while YNNPACK computes them."""
+    monkeypatch.setattr(xla_cpu, "ynn_convolutions", lambda: True)
 
 # (kernel, strides, padding, input size): 1x1 plain and strided, unpadded k x k
 # (the stem's), odd and even "same" (asymmetric pads), strided valid and same,
@@ -47,7 +57,7 @@ def _pair(ours, size, channels=5, seed=0):
 
 
 @pytest.mark.parametrize("kernel,strides,padding,size", CONV_CASES)
-def test_conv2d_equals_keras(kernel, strides, padding, size):
+def test_conv2d_equals_keras(ynn, kernel, strides, padding, size):
     ours = zoo.Conv2D(6, kernel, strides=strides, padding=padding, use_bias=True,
                       activation="relu")
     theirs, x = _pair(ours, size)
@@ -55,7 +65,7 @@ def test_conv2d_equals_keras(kernel, strides, padding, size):
 
 
 @pytest.mark.parametrize("kernel,strides,padding,multiplier,size", SEPARABLE_CASES)
-def test_separable_conv2d_equals_keras(kernel, strides, padding, multiplier, size):
+def test_separable_conv2d_equals_keras(ynn, kernel, strides, padding, multiplier, size):
     ours = zoo.SeparableConv2D(6, kernel, strides=strides, padding=padding,
                                depth_multiplier=multiplier, use_bias=True)
     theirs, x = _pair(ours, size, channels=3)
@@ -71,7 +81,7 @@ def test_separable_conv2d_equals_keras(kernel, strides, padding, multiplier, siz
     lambda: zoo.Conv2D(4, 3, strides=2, padding="same"),
     lambda: zoo.SeparableConv2D(4, 3, padding="same", depth_multiplier=2),
 ], ids=["1x1", "3x3-valid-s2", "1x7-same", "3x3-same", "3x3-same-s2", "separable"])
-def test_gradients_equal_keras(layer):
+def test_gradients_equal_keras(ynn, layer):
     """Training computes the same gradients (inputs and every weight) as Keras' ops."""
     import jax
     import jax.numpy as jnp
@@ -98,7 +108,7 @@ def test_gradients_equal_keras(layer):
     lambda: zoo.Conv2D(4, 3, padding="same"),
     lambda: zoo.Conv2D(4, 3, strides=2, padding="valid"),
 ], ids=["3x3-same", "3x3-valid-s2"])
-def test_second_derivatives_equal_keras(layer):
+def test_second_derivatives_equal_keras(ynn, layer):
     """Derivatives of derivatives (a gradient penalty: the gradient of the input
     gradient's squared norm) go through the custom_jvp's own derivative rule and
     equal those of Keras' op."""
@@ -143,7 +153,7 @@ def _conv_paddings(jaxpr):
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
-def test_extra_row_in_the_forward_pass_only():
+def test_extra_row_in_the_forward_pass_only(ynn):
     """A padded convolution runs with one more zero row (XLA:CPU's fast path); its
     derivatives, which the backward pass transposes, keep the padding as given
     (with the extra row they made a training step 10x slower). Forward-mode
@@ -176,22 +186,31 @@ def test_zoo_uses_the_lowered_layers_and_they_serialise():
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the other lowering exists on JAX only")
-def test_lowering_is_used_on_cpu_and_can_be_turned_off(monkeypatch):
-    """A 1x1 convolution traces to a matrix product; with
-    KERAS_INCEPTION_XLA_CPU_LOWERING=0 to Keras' convolution op."""
+def test_lowering_follows_ynnpack_and_can_be_turned_off(monkeypatch):
+    """A float32 1x1 convolution traces to a matrix product while YNNPACK computes
+    convolutions, to Keras' convolution op on Eigen (this test process: the flag set
+    on import) or with KERAS_INCEPTION_XLA_CPU_LOWERING=0; a bfloat16 one to the
+    float32-accumulated product unless turned off; depthwise steps always to slices."""
     import jax
 
-    layer = zoo.Conv2D(4, 1, use_bias=False)
-    x = np.zeros((1, 5, 5, 3), "float32")
-    layer.build(x.shape)
-
-    def primitives():
+    def primitives(layer, dtype="float32"):
+        x = np.zeros((1, 5, 5, 3), dtype)
+        if not layer.built:
+            layer.build(x.shape)
         text = str(jax.make_jaxpr(lambda images: layer(images))(x))
         return "conv_general_dilated" in text, "dot_general" in text
 
-    assert primitives() == (False, True)
+    conv = zoo.Conv2D(4, 1, use_bias=False)
+    bf16 = zoo.Conv2D(4, 1, use_bias=False, dtype="mixed_bfloat16")
+    separable = zoo.SeparableConv2D(4, 3, padding="same")
+    assert xla_cpu.ynn_convolutions() is False  # the real probe of this process
+    assert primitives(conv) == (True, False)
+    assert primitives(bf16) == (False, True)
+    assert primitives(separable) == (False, True)
+    monkeypatch.setattr(xla_cpu, "ynn_convolutions", lambda: True)
+    assert primitives(conv) == (False, True)
     monkeypatch.setenv("KERAS_INCEPTION_XLA_CPU_LOWERING", "0")
-    assert primitives() == (True, False)
+    assert primitives(conv) == primitives(bf16) == primitives(separable) == (True, False)
 
 
 @pytest.mark.parametrize("layer", [

@@ -37,7 +37,7 @@ API_SECTIONS = [
     ("Features, preprocessing, statistics", ["features", "preprocessing", "stats"]),
     ("Transfer learning, data, training, export", ["transfer", "data", "training",
                                                     "distribute", "export"]),
-    ("Performance", ["optimize", "accelerate", "initializers"]),
+    ("Performance", ["optimize", "accelerate", "xla_cpu", "initializers"]),
     ("Building blocks", ["layers"]),
     ("Internals", ["base", "cli", "manifest", "refmaps", "testing", "convert.readers",
                    "convert.__main__"]),
