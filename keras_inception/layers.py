@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Sequence, Union
 
 import keras
@@ -275,7 +274,7 @@ def _xla_cpu(layer) -> bool:
     the environment sets ``KERAS_INCEPTION_XLA_CPU_LOWERING=0``."""
     if keras.backend.backend() != "jax" or layer.data_format != "channels_last":
         return False
-    if os.environ.get("KERAS_INCEPTION_XLA_CPU_LOWERING", "1") == "0":
+    if xla_cpu.lowering_off():
         return False
     if any(d != 1 for d in layer.dilation_rate):
         return False

@@ -32,7 +32,7 @@ import os
 import sys
 
 __all__ = ["configure", "eigen_compiler_options", "eigen_convolutions",
-           "user_sets_flag", "ynn_convolutions"]
+           "lowering_off", "user_sets_flag", "ynn_convolutions"]
 
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _OFF = f"--{FLAG}=-individual_convolution"
@@ -59,6 +59,24 @@ def _jax_started() -> bool:
     except ImportError:  # a jax without it: assume the worst, leave the flags alone
         return True
     return xla_bridge.backends_are_initialized()
+
+
+def lowering_off(environ=None) -> bool:
+    """Whether ``KERAS_INCEPTION_XLA_CPU_LOWERING=0``: the zoo leaves XLA:CPU alone.
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+
+    Returns:
+        True where the zoo runs Keras' ops on XLA's default flags.
+
+    Example:
+        >>> from keras_inception import xla_cpu
+        >>> xla_cpu.lowering_off({"KERAS_INCEPTION_XLA_CPU_LOWERING": "0"})
+        True
+    """
+    environ = os.environ if environ is None else environ
+    return environ.get("KERAS_INCEPTION_XLA_CPU_LOWERING", "1") == "0"
 
 
 def user_sets_flag(environ=None) -> bool:
@@ -101,7 +119,7 @@ def configure(backend: str, environ=None) -> bool:
         False
     """
     environ = os.environ if environ is None else environ
-    if backend != "jax" or environ.get("KERAS_INCEPTION_XLA_CPU_LOWERING", "1") == "0":
+    if backend != "jax" or lowering_off(environ):
         return False
     if user_sets_flag(environ) or not _jaxlib_0_10() or _jax_started():
         return False
@@ -125,9 +143,7 @@ def eigen_compiler_options():
         >>> options is None or options == xla_cpu.EIGEN_OPTIONS
         True
     """
-    if os.environ.get("KERAS_INCEPTION_XLA_CPU_LOWERING", "1") == "0":
-        return None
-    if user_sets_flag() or not _jaxlib_0_10() or not ynn_convolutions():
+    if lowering_off() or user_sets_flag() or not _jaxlib_0_10() or not ynn_convolutions():
         return None
     return dict(EIGEN_OPTIONS)
 
