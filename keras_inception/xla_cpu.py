@@ -4,7 +4,7 @@ jaxlib 0.10's XLA:CPU sends float32 convolutions to YNNPACK by default (its
 ``--xla_cpu_experimental_ynn_fusion_type`` includes ``individual_convolution``;
 bfloat16 ones, and those whose output is larger than their input, stay on Eigen).
 On Inception's convolutions Eigen is faster (benchmarks/conv_lowering.py, 2-core
-AMD EPYC, batch 16: Inception-v3's 94 convolutions 1715 ms with YNNPACK, 654 ms with
+AMD EPYC, batch 16: Inception-v3's 94 convolutions 1477 ms with YNNPACK, 654-791 ms with
 Eigen; training steps 2.6 -> 5.2 images/s, docs/benchmarks.md "JAX"). So importing
 keras_inception on the JAX backend with jaxlib 0.10 adds
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS``,
